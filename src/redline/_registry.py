@@ -1,0 +1,4 @@
+"""Inspect entry point: importing this module registers redline's sandbox, tasks and models."""
+
+# ruff: noqa: F401
+from redline.sandbox import RedlineSandboxEnvironment

@@ -1,0 +1,101 @@
+"""Configuration of the `redline` sandbox provider."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+GiB = 1 << 30
+
+
+class RedlineSandboxConfig(BaseModel):
+    """Per-sandbox settings. Unknown keys are errors, so a typo never silently weakens a cap."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user: str = "agent"
+    uid: int = Field(default=1000, ge=1)
+    gid: int = Field(default=1000, ge=1)
+    hostname: str = "sandbox"
+    disk_bytes: int = Field(default=2 * GiB, ge=16 << 20, description="cap of the writable layer")
+    memory_bytes: int = Field(default=4 * GiB, ge=32 << 20)
+    pids_max: int = Field(default=512, ge=8)
+    cpu_weight: int = Field(default=100, ge=1, le=10000, description="cgroup v2 scale; 100 = fair")
+    base_paths: list[str] = Field(
+        default_factory=lambda: ["/usr"],
+        description="host directories shown read-only (copy-on-write) at the same path",
+    )
+    etc_binds: list[str] = Field(
+        default_factory=lambda: [
+            "/etc/alternatives",
+            "/etc/ld.so.cache",
+            "/etc/ld.so.conf",
+            "/etc/ld.so.conf.d",
+            "/etc/localtime",
+            "/etc/protocols",
+            "/etc/services",
+            "/etc/mime.types",
+            "/etc/inputrc",
+            "/etc/bash.bashrc",
+        ],
+        description="harmless host /etc entries shown read-only; missing ones are skipped",
+    )
+    ro_binds: dict[str, str] = Field(
+        default_factory=dict, description="host path -> path inside, read-only"
+    )
+    unix_sockets: dict[str, str] = Field(
+        default_factory=dict, description="host Unix socket -> path inside"
+    )
+    channel: bool = Field(
+        default=True, description="lend a host directory read-only at /run/redline (model channel)"
+    )
+    cgroup_root: str = "/sys/fs/cgroup"
+    state_root: str = "/run/redline"
+
+    @field_validator("base_paths")
+    @classmethod
+    def _bases_exist(cls, paths: list[str]) -> list[str]:
+        for p in paths:
+            if not Path(p).is_absolute():
+                raise ValueError(f"base path {p!r} must be absolute")
+            if not Path(p).is_dir():
+                raise ValueError(f"base path {p!r} does not exist on this host")
+        return paths
+
+    @field_validator("ro_binds", "unix_sockets")
+    @classmethod
+    def _sources_exist(cls, binds: dict[str, str]) -> dict[str, str]:
+        for src, dst in binds.items():
+            if not Path(src).exists():
+                raise ValueError(f"bind source {src!r} does not exist on this host")
+            if not dst.startswith("/"):
+                raise ValueError(f"bind destination {dst!r} must be absolute")
+        return binds
+
+
+def load_config(config: Any) -> RedlineSandboxConfig:
+    """Accept a config object, a dict, a JSON/YAML file name, or None."""
+    if config is None:
+        return RedlineSandboxConfig()
+    if isinstance(config, RedlineSandboxConfig):
+        return config
+    if isinstance(config, dict):
+        return RedlineSandboxConfig(**config)
+    if isinstance(config, str):
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"redline sandbox config file not found: {config}")
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        return RedlineSandboxConfig(**data)
+    if isinstance(config, BaseModel):
+        return RedlineSandboxConfig(**config.model_dump())
+    raise TypeError(f"unsupported redline sandbox config: {type(config).__name__}")

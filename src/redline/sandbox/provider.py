@@ -1,0 +1,192 @@
+"""The `redline` Inspect sandbox provider: a thin async layer over `core.Sandbox`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any, Literal, overload
+
+from inspect_ai.util import (
+    ExecResult,
+    OutputLimitExceededError,
+    SandboxEnvironment,
+    SandboxEnvironmentConfigType,
+    sandboxenv,
+)
+from inspect_ai.util._sandbox.limits import SandboxEnvironmentLimits
+from pydantic import BaseModel
+from typing_extensions import override
+
+from redline.sandbox import procs
+from redline.sandbox.config import RedlineSandboxConfig, load_config
+from redline.sandbox.core import OutputTooLarge, Sandbox
+from redline.sandbox.sweep import live_sandboxes, sweep
+
+logger = logging.getLogger(__name__)
+
+
+@sandboxenv(name="redline")
+class RedlineSandboxEnvironment(SandboxEnvironment):
+    """A contained Linux sandbox: namespaces, copy-on-write allowlisted root, cgroup caps, only `lo`."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        super().__init__()
+        self.sandbox = sandbox
+
+    # ------------------------------------------------------------- lifecycle
+    @classmethod
+    def config_deserialize(cls, config: dict[str, Any]) -> BaseModel:
+        return RedlineSandboxConfig(**config)
+
+    @classmethod
+    def default_concurrency(cls) -> int | None:
+        # Each sample runs two servers plus the agent's work; 2 per core keeps the host responsive.
+        return max(2, 2 * (os.cpu_count() or 1))
+
+    @classmethod
+    async def task_init(cls, task_name: str, config: SandboxEnvironmentConfigType | None) -> None:
+        cfg = load_config(config)
+        removed = sweep(Path(cfg.state_root))
+        if removed:
+            logger.warning("redline: removed %d stale sandbox(es) of dead runs", len(removed))
+
+    @classmethod
+    async def sample_init(
+        cls, task_name: str, config: SandboxEnvironmentConfigType | None, metadata: dict[str, str]
+    ) -> dict[str, SandboxEnvironment]:
+        cfg = load_config(config)
+        sb = Sandbox.create(cfg)
+        return {"default": cls(sb)}
+
+    @classmethod
+    async def sample_cleanup(
+        cls,
+        task_name: str,
+        config: SandboxEnvironmentConfigType | None,
+        environments: dict[str, SandboxEnvironment],
+        interrupted: bool,
+    ) -> None:
+        for env in environments.values():
+            if isinstance(env, RedlineSandboxEnvironment):
+                env.sandbox.destroy()
+
+    @classmethod
+    async def task_cleanup(
+        cls, task_name: str, config: SandboxEnvironmentConfigType | None, cleanup: bool
+    ) -> None:
+        if cleanup:
+            sweep(Path(load_config(config).state_root))
+
+    @classmethod
+    async def cli_cleanup(cls, id: str | None) -> None:
+        root = Path(RedlineSandboxConfig.model_fields["state_root"].default)
+        removed = sweep(root, only_id=id)
+        alive = live_sandboxes(root)
+        print(f"redline: removed {len(removed)} leftover sandbox(es)")
+        if alive:
+            print(f"redline: {len(alive)} sandbox(es) still owned by running harnesses: {alive}")
+
+    # ------------------------------------------------------------- contract
+    @override
+    async def exec(
+        self,
+        cmd: list[str],
+        input: str | bytes | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        user: str | None = None,
+        timeout: int | None = None,
+        timeout_retry: bool = True,
+        concurrency: bool = True,
+    ) -> ExecResult[str]:
+        data = input.encode() if isinstance(input, str) else input
+        limit = SandboxEnvironmentLimits.MAX_EXEC_OUTPUT_SIZE
+        try:
+            r = await self.sandbox.run(
+                cmd, input=data, user=user, cwd=cwd, env=env, timeout=timeout, output_limit=limit
+            )
+        except OutputTooLarge as e:
+            raise OutputLimitExceededError(
+                SandboxEnvironmentLimits.MAX_EXEC_OUTPUT_SIZE_STR, e.tail
+            ) from None
+        return ExecResult(
+            success=r.returncode == 0,
+            returncode=r.returncode,
+            stdout=r.stdout.decode(errors="replace"),
+            stderr=r.stderr.decode(errors="replace"),
+        )
+
+    def _path(self, file: str) -> str:
+        return file if file.startswith("/") else f"{self.sandbox.home}/{file}"
+
+    @override
+    async def write_file(self, file: str, contents: str | bytes) -> None:
+        await self.write_file_as(file, contents, user=None)
+
+    async def write_file_as(self, file: str, contents: str | bytes, user: str | None) -> None:
+        """Write as `user` (default: the agent user, so the agent owns what the harness gives it)."""
+        path = self._path(file)
+        data = contents.encode() if isinstance(contents, str) else contents
+        script = 'd=$(dirname -- "$1"); mkdir -p -- "$d" && [ ! -d "$1" ] && cat > "$1"'
+        r = await self.sandbox.run(["/bin/sh", "-c", script, "sh", path], input=data, user=user)
+        if r.returncode != 0:
+            err = r.stderr.decode(errors="replace")
+            if await self._is_dir(path):
+                raise IsADirectoryError(f"{path} is a directory")
+            if "ermission denied" in err or "Read-only" in err:
+                raise PermissionError(f"cannot write {path}: {err.strip()}")
+            raise RuntimeError(f"cannot write {path}: {err.strip()}")
+
+    async def _is_dir(self, path: str) -> bool:
+        r = await self.sandbox.run(["/bin/sh", "-c", '[ -d "$1" ]', "sh", path], user="root")
+        return r.returncode == 0
+
+    @overload
+    async def read_file(self, file: str, text: Literal[True] = True) -> str: ...
+
+    @overload
+    async def read_file(self, file: str, text: Literal[False]) -> bytes: ...
+
+    @override
+    async def read_file(self, file: str, text: bool = True) -> str | bytes:
+        path = self._path(file)
+        limit = SandboxEnvironmentLimits.MAX_READ_FILE_SIZE
+        # Read through the sandbox's own view (never /proc/PID/root from the host, whose absolute
+        # symlinks would resolve on the host).
+        script = (
+            '[ -e "$1" ] || { echo ENOENT >&2; exit 2; }; [ -d "$1" ] && { echo EISDIR >&2; exit 3; }; '
+            f'[ "$(stat -c %s -- "$1")" -gt {limit} ] && {{ echo EFBIG >&2; exit 4; }}; cat -- "$1"'
+        )
+        r = await self.sandbox.run(["/bin/sh", "-c", script, "sh", path], user="root")
+        if r.returncode == 2:
+            raise FileNotFoundError(f"{path} not found in sandbox")
+        if r.returncode == 3:
+            raise IsADirectoryError(f"{path} is a directory")
+        if r.returncode == 4:
+            raise OutputLimitExceededError(SandboxEnvironmentLimits.MAX_READ_FILE_SIZE_STR, None)
+        if r.returncode != 0:
+            raise PermissionError(f"cannot read {path}: {r.stderr.decode(errors='replace')}")
+        return r.stdout.decode("utf-8") if text else r.stdout
+
+    # ------------------------------------------------------------- harness extras
+    @property
+    def channel_dir(self) -> Path:
+        return self.sandbox.channel_dir
+
+    async def processes(self) -> list[procs.ProcInfo]:
+        return await asyncio.to_thread(self.sandbox.processes)
+
+    async def listening_ports(self) -> dict[int, int]:
+        return await asyncio.to_thread(self.sandbox.listening_ports)
+
+    async def tcp_sockets(self) -> list[procs.TcpSocket]:
+        return await asyncio.to_thread(self.sandbox.tcp_sockets)
+
+    def host_pid_to_inner(self, host_pid: int) -> int | None:
+        return self.sandbox.host_pid_to_inner(host_pid)
+
+    async def kill(self, pids: list[int], sig: int = signal.SIGKILL) -> list[int]:
+        return self.sandbox.kill(pids, sig)
