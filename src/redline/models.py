@@ -1,0 +1,58 @@
+"""The `redline` Inspect model provider: `redline/<name>`.
+
+Scripted policies (`redline/reference`, `redline/idle`, and any registered with
+`redline.scripted.register_policy`) and the embedded real model (`redline/smollm2`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from inspect_ai.model import ChatMessage, GenerateConfig, ModelAPI, ModelOutput, modelapi
+from inspect_ai.tool import ToolChoice, ToolInfo
+
+from redline.scripted import POLICIES, next_action, render
+
+EMBEDDED_MODELS = ("smollm2",)
+
+
+class ScriptedModelAPI(ModelAPI):
+    def __init__(self, model_name: str, base_url: str | None = None, api_key: str | None = None,
+                 config: GenerateConfig | None = None, **model_args: Any) -> None:
+        super().__init__(model_name, base_url, api_key, [], config or GenerateConfig())
+        self.policy = POLICIES[model_name]
+
+    async def generate(self, input: list[ChatMessage], tools: list[ToolInfo], tool_choice: ToolChoice,
+                       config: GenerateConfig) -> ModelOutput:
+        return render(next_action(self.policy, input), tools, f"redline/{self.model_name}")
+
+
+@modelapi(name="redline")
+def redline_models() -> type[ModelAPI]:
+    return RedlineModelAPI
+
+
+class RedlineModelAPI(ModelAPI):
+    """Dispatches on the model name: a scripted policy, or the embedded model."""
+
+    def __init__(self, model_name: str, base_url: str | None = None, api_key: str | None = None,
+                 config: GenerateConfig | None = None, **model_args: Any) -> None:
+        super().__init__(model_name, base_url, api_key, [], config or GenerateConfig())
+        if model_name in POLICIES:
+            self.impl: ModelAPI = ScriptedModelAPI(model_name, base_url, api_key, config, **model_args)
+        elif model_name in EMBEDDED_MODELS:
+            from redline.embedded import EmbeddedModelAPI
+
+            self.impl = EmbeddedModelAPI(model_name, base_url, api_key, config, **model_args)
+        else:
+            known = ", ".join(f"redline/{n}" for n in [*POLICIES, *EMBEDDED_MODELS])
+            raise ValueError(f"unknown redline model 'redline/{model_name}' (known: {known})")
+
+    async def generate(self, input: list[ChatMessage], tools: list[ToolInfo], tool_choice: ToolChoice,
+                       config: GenerateConfig) -> Any:
+        return await self.impl.generate(input, tools, tool_choice, config)
+
+    async def aclose(self) -> None:
+        close = getattr(self.impl, "aclose", None)
+        if close is not None:
+            await close()
