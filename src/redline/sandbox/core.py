@@ -92,6 +92,32 @@ class _Pump:
             self.task.add_done_callback(_Pump._lingering.discard)
 
 
+async def _exited(proc: asyncio.subprocess.Process) -> int:
+    """The exit code, as soon as the process exits.
+
+    Not `proc.wait()`: on Python 3.11 that also waits for the pipes to close, which a background
+    child (`cd x && server &` forks a subshell that keeps them) may never do. A pidfd turns
+    readable at exit.
+    """
+    if proc.returncode is None:
+        try:
+            fd: int | None = os.pidfd_open(proc.pid)
+        except OSError:  # already reaped: the returncode is on its way
+            fd = None
+        if fd is not None:
+            loop = asyncio.get_running_loop()
+            ready = loop.create_future()
+            loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+            try:
+                await ready
+            finally:
+                loop.remove_reader(fd)
+                os.close(fd)
+    while proc.returncode is None:  # the child watcher reaps it a moment later
+        await asyncio.sleep(0.0005)
+    return proc.returncode
+
+
 def _proc_start(pid: int) -> int | None:
     st = procs.read_stat(pid)
     return st[1] if st else None
@@ -325,7 +351,7 @@ class Sandbox:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 proc.stdin.close()
-            waiter = asyncio.ensure_future(proc.wait())
+            waiter = asyncio.ensure_future(_exited(proc))
             over = [asyncio.ensure_future(p.over.wait()) for p in pumps]
             done, _ = await asyncio.wait([waiter, *over], timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -333,7 +359,7 @@ class Sandbox:
                 f.cancel()
             if waiter not in done:
                 self._killpg(proc.pid)
-                await proc.wait()
+                await _exited(proc)
                 await self._reaped(proc.pid)
                 if any(p.over.is_set() for p in pumps):
                     tail = pumps[0].buf[-4096:].decode(errors="replace")
@@ -385,6 +411,9 @@ class Sandbox:
             for port in p.listening:
                 out.setdefault(port, p.pid)
         return out
+
+    def connections(self) -> list[procs.Connection]:
+        return procs.connections(self.processes(), self.init_pid)
 
     def tcp_sockets(self) -> list[procs.TcpSocket]:
         return procs.tcp_sockets(self.init_pid)
