@@ -2,10 +2,11 @@
 
 from redline.sandbox.config import RedlineSandboxConfig
 from redline.sandbox.core import Sandbox, SandboxError
-from redline.sandbox.procs import ProcInfo, TcpSocket
+from redline.sandbox.procs import Connection, ProcInfo, TcpSocket
 from redline.sandbox.provider import RedlineSandboxEnvironment
 
 __all__ = [
+    "Connection",
     "ProcInfo",
     "RedlineSandboxConfig",
     "RedlineSandboxEnvironment",

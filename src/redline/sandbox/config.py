@@ -55,6 +55,10 @@ class RedlineSandboxConfig(BaseModel):
     cgroup_root: str = "/sys/fs/cgroup"
     state_root: str = "/run/redline"
 
+    def __hash__(self) -> int:
+        # Inspect caches sandbox environments by config; lists and dicts are not hashable as they are.
+        return hash(self.model_dump_json())
+
     @field_validator("base_paths")
     @classmethod
     def _bases_exist(cls, paths: list[str]) -> list[str]:

@@ -142,3 +142,31 @@ def list_processes(candidate_host_pids: list[int], init_host_pid: int) -> list[P
     for info in infos.values():
         info.listening = sorted({listeners[i] for i in socket_inodes(info.host_pid) if i in listeners})
     return sorted(infos.values(), key=lambda p: p.pid)
+
+
+@dataclass
+class Connection:
+    """An established TCP connection between two processes of the sandbox (loopback)."""
+
+    client_pid: int
+    server_pid: int | None
+    server_port: int
+
+
+def connections(infos: list[ProcInfo], netns_pid: int) -> list[Connection]:
+    """Established loopback connections, each with the inside pids at both ends (from socket
+    ownership in /proc: a process cannot claim a socket it does not hold)."""
+    owner: dict[int, int] = {}
+    for p in infos:
+        for inode in socket_inodes(p.host_pid):
+            owner.setdefault(inode, p.pid)
+    socks = tcp_sockets(netns_pid)
+    listen_owner = {s.local_port: owner.get(s.inode) for s in socks if s.state == TCP_LISTEN}
+    out = []
+    for s in socks:
+        if s.state != TCP_ESTABLISHED or s.remote_port not in listen_owner:
+            continue
+        client = owner.get(s.inode)
+        if client is not None and client != listen_owner[s.remote_port]:
+            out.append(Connection(client, listen_owner[s.remote_port], s.remote_port))
+    return out

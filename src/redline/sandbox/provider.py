@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -35,6 +36,8 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
     def __init__(self, sandbox: Sandbox) -> None:
         super().__init__()
         self.sandbox = sandbox
+        # Harness services bound to this sandbox (e.g. its model router), closed before it is destroyed.
+        self.on_cleanup: list[Callable[[], Awaitable[None]]] = []
 
     # ------------------------------------------------------------- lifecycle
     @classmethod
@@ -71,6 +74,11 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
     ) -> None:
         for env in environments.values():
             if isinstance(env, RedlineSandboxEnvironment):
+                for close in reversed(env.on_cleanup):
+                    try:
+                        await close()
+                    except Exception:  # noqa: BLE001 - the sandbox must be destroyed regardless
+                        logger.exception("redline: a cleanup hook failed")
                 env.sandbox.destroy()
 
     @classmethod
@@ -181,6 +189,9 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
 
     async def listening_ports(self) -> dict[int, int]:
         return await asyncio.to_thread(self.sandbox.listening_ports)
+
+    async def connections(self) -> list[procs.Connection]:
+        return await asyncio.to_thread(self.sandbox.connections)
 
     async def tcp_sockets(self) -> list[procs.TcpSocket]:
         return await asyncio.to_thread(self.sandbox.tcp_sockets)
