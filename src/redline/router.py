@@ -1,0 +1,339 @@
+"""The model router: the one channel from a sandbox to the model under evaluation.
+
+It listens on a Unix socket in the sandbox's channel directory (seen inside as
+`/run/redline/model.sock`), identifies the process at the other end with the kernel's peer
+credentials (`SO_PEERCRED`, which a process cannot forge), and answers OpenAI chat completion
+requests by calling Inspect's active model, so that tokens, limits and the transcript are
+Inspect's own. Every call is recorded with its caller; the judge reads these records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import os
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from inspect_ai.model import (
+    ChatMessage,
+    ChatMessageAssistant,
+    ChatMessageSystem,
+    ChatMessageTool,
+    ChatMessageUser,
+    GenerateConfig,
+    Model,
+    ModelOutput,
+    get_model,
+)
+from inspect_ai.tool import ToolCall, ToolChoice, ToolFunction, ToolInfo
+from inspect_ai.util import LimitExceededError
+
+from redline.sandbox import RedlineSandboxEnvironment
+from redline.sandbox import procs as sbprocs
+
+SOCKET_NAME = "model.sock"
+INSIDE_PATH = "/run/redline/" + SOCKET_NAME
+MAX_BODY = 32 << 20
+HEADER_TIMEOUT = 30.0
+
+
+class BadRequest(ValueError):
+    pass
+
+
+@dataclass
+class RouterCall:
+    id: int
+    t_start: float
+    phase: str  # "run" while the AI system works on its task, "judge" while it is being judged
+    caller: dict[str, Any]  # host_pid, pid, ppid, uid, cmdline, start_time (pid etc. are inside pids)
+    request_messages: list[dict[str, Any]]
+    request_text: str
+    t_end: float | None = None
+    response_text: str = ""
+    error: str | None = None
+    status: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------ conversions
+def _text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content)
+
+
+def messages_from_openai(raw: list[dict[str, Any]]) -> list[ChatMessage]:
+    if not isinstance(raw, list) or not raw:
+        raise BadRequest("`messages` must be a non-empty list")
+    names: dict[str, str] = {}
+    out: list[ChatMessage] = []
+    for m in raw:
+        if not isinstance(m, dict):
+            raise BadRequest("each message must be an object")
+        role, text = m.get("role"), _text(m.get("content"))
+        if role in ("system", "developer"):
+            out.append(ChatMessageSystem(content=text))
+        elif role == "user":
+            out.append(ChatMessageUser(content=text))
+        elif role == "assistant":
+            calls = []
+            for c in m.get("tool_calls") or []:
+                fn = c.get("function", {})
+                try:
+                    args = json.loads(fn.get("arguments") or "{}")
+                except ValueError:
+                    args = {"_raw": fn.get("arguments")}
+                names[c.get("id", "")] = fn.get("name", "")
+                calls.append(ToolCall(id=c.get("id", ""), function=fn.get("name", ""),
+                                      arguments=args if isinstance(args, dict) else {"_value": args}))
+            out.append(ChatMessageAssistant(content=text, tool_calls=calls or None))
+        elif role == "tool":
+            cid = m.get("tool_call_id", "")
+            out.append(ChatMessageTool(content=text, tool_call_id=cid, function=names.get(cid)))
+        else:
+            raise BadRequest(f"unknown message role {role!r}")
+    return out
+
+
+def tools_from_openai(raw: list[dict[str, Any]] | None) -> list[ToolInfo]:
+    tools = []
+    for t in raw or []:
+        fn = t.get("function", t)
+        params = fn.get("parameters") or {"type": "object", "properties": {}}
+        try:
+            spec = {"name": fn["name"], "description": fn.get("description", ""), "parameters": params}
+            tools.append(ToolInfo.model_validate(spec))
+        except (KeyError, ValueError) as e:
+            raise BadRequest(f"bad tool definition: {e}") from None
+    return tools
+
+
+def tool_choice_from_openai(raw: Any) -> ToolChoice:
+    if isinstance(raw, dict):
+        return ToolFunction(name=raw.get("function", {}).get("name", ""))
+    return {"none": "none", "required": "any"}.get(raw, "auto")
+
+
+def config_from_openai(req: dict[str, Any]) -> GenerateConfig:
+    stop = req.get("stop")
+    extra = {k: req[k] for k in ("grammar", "response_format") if k in req}
+    return GenerateConfig(
+        temperature=req.get("temperature"),
+        max_tokens=req.get("max_tokens") or req.get("max_completion_tokens"),
+        top_p=req.get("top_p"),
+        seed=req.get("seed"),
+        stop_seqs=[stop] if isinstance(stop, str) else stop,
+        extra_body=extra or None,
+    )
+
+
+def completion_to_openai(output: ModelOutput, call_id: int) -> dict[str, Any]:
+    msg = output.message
+    message: dict[str, Any] = {"role": "assistant", "content": msg.text}
+    if msg.tool_calls:
+        message["tool_calls"] = [
+            {"id": c.id, "type": "function",
+             "function": {"name": c.function, "arguments": json.dumps(c.arguments)}}
+            for c in msg.tool_calls
+        ]
+    reason = {"tool_calls": "tool_calls", "max_tokens": "length"}.get(output.stop_reason, "stop")
+    usage = output.usage
+    return {
+        "id": f"redline-{call_id}", "object": "chat.completion", "created": int(time.time()),
+        "model": output.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": reason}],
+        "usage": {"prompt_tokens": usage.input_tokens if usage else 0,
+                  "completion_tokens": usage.output_tokens if usage else 0,
+                  "total_tokens": usage.total_tokens if usage else 0},
+    }
+
+
+def _error(status: int, message: str, kind: str) -> tuple[int, dict[str, Any]]:
+    return status, {"error": {"message": message, "type": kind}}
+
+
+# ------------------------------------------------------------------------------ the router
+class ModelRouter:
+    """Serves one sandbox. `start()` opens the socket; model calls are answered only inside
+    `serving()`, which captures the Inspect sample context the model must be called from."""
+
+    def __init__(self, env: RedlineSandboxEnvironment, model: Model | None = None) -> None:
+        self.env = env
+        self.model = model
+        self.path = env.channel_dir / SOCKET_NAME
+        self.calls: list[RouterCall] = []
+        self.model_errors: list[BaseException] = []
+        self.phase = "run"
+        self._server: asyncio.AbstractServer | None = None
+        self._ctx: contextvars.Context | None = None
+        self._serving = asyncio.Event()
+        self._pidns = sbprocs.pidns_of(env.sandbox.init_pid)
+        self._clients: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._client, path=str(self.path))
+        # The agent user (uid 1000) must be able to connect; the directory itself is read-only inside.
+        os.chmod(self.path, 0o666)
+        _routers[self.env.sandbox.id] = self
+        self.env.on_cleanup.append(self.close)
+
+    async def close(self) -> None:
+        _routers.pop(self.env.sandbox.id, None)
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        # A call may wait for `serving()` that will never come (the sample ended without judging).
+        for t in list(self._clients):
+            t.cancel()
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+    @asynccontextmanager
+    async def serving(self, phase: str = "run") -> AsyncIterator[ModelRouter]:
+        self.phase = phase
+        self._ctx = contextvars.copy_context()
+        self._serving.set()
+        try:
+            yield self
+        finally:
+            self._serving.clear()
+            self._ctx = None
+
+    # ---------------------------------------------------------------- queries (for the judge)
+    def calls_containing(self, text: str) -> list[RouterCall]:
+        return [c for c in self.calls if text in c.request_text]
+
+    def calls_by_pid(self, pid: int) -> list[RouterCall]:
+        return [c for c in self.calls if c.caller.get("pid") == pid]
+
+    def replies(self, phase: str = "run") -> list[str]:
+        return [c.response_text for c in self.calls if c.phase == phase and c.response_text]
+
+    def limit_error(self) -> LimitExceededError | None:
+        return next((e for e in self.model_errors if isinstance(e, LimitExceededError)), None)
+
+    # ---------------------------------------------------------------- protocol
+    def _identify(self, host_pid: int) -> dict[str, Any]:
+        caller: dict[str, Any] = {"host_pid": host_pid}
+        if sbprocs.pidns_of(host_pid) != self._pidns:
+            return caller
+        st = sbprocs.read_stat(host_pid)
+        caller.update(pid=sbprocs.ns_pid(host_pid), uid=sbprocs.uid_of(host_pid),
+                      cmdline=sbprocs.cmdline_of(host_pid), start_time=st[1] if st else None,
+                      ppid=sbprocs.ns_pid(st[0]) if st else None)
+        return caller
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock: socket.socket = writer.get_extra_info("socket")
+        me = asyncio.current_task()
+        if me is not None:
+            self._clients.add(me)
+        try:
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            host_pid = struct.unpack("3i", creds)[0]
+            caller = self._identify(host_pid)
+            try:
+                method, path, body = await asyncio.wait_for(self._read_request(reader), HEADER_TIMEOUT)
+            except (BadRequest, asyncio.IncompleteReadError, TimeoutError) as e:
+                status, payload = _error(400, f"bad request: {e}", "invalid_request_error")
+            else:
+                status, payload = await self._route(method, path, body, caller)
+            data = json.dumps(payload).encode()
+            reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+                      429: "Too Many Requests", 502: "Bad Gateway"}.get(status, "Error")
+            writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            if me is not None:
+                self._clients.discard(me)
+
+    @staticmethod
+    async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
+        line = (await reader.readline()).decode("latin-1").split()
+        if len(line) < 2:
+            raise BadRequest("no request line")
+        length = 0
+        while (h := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = h.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value.strip() or 0)
+        if length > MAX_BODY:
+            raise BadRequest(f"body of {length} bytes is over the {MAX_BODY} limit")
+        return line[0], line[1], await reader.readexactly(length)
+
+    async def _route(self, method: str, path: str, body: bytes,
+                     caller: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if "pid" not in caller:
+            return _error(403, "caller is not a process of this sandbox", "permission_error")
+        if method == "GET" and path.rstrip("/") == "/health":
+            return 200, {"status": "ok"}
+        if method != "POST" or path.rstrip("/") != "/v1/chat/completions":
+            return _error(404, f"no route {method} {path}", "invalid_request_error")
+        try:
+            req = json.loads(body)
+            if not isinstance(req, dict):
+                raise BadRequest("the body must be a JSON object")
+            messages = messages_from_openai(req.get("messages"))
+            tools = tools_from_openai(req.get("tools"))
+            choice = tool_choice_from_openai(req.get("tool_choice"))
+            config = config_from_openai(req)
+        except (ValueError, BadRequest) as e:
+            return _error(400, f"bad request: {e}", "invalid_request_error")
+        call = RouterCall(id=len(self.calls) + 1, t_start=time.time(), phase=self.phase, caller=caller,
+                          request_messages=req["messages"],
+                          request_text="\n".join(_text(m.get("content")) for m in req["messages"]))
+        self.calls.append(call)
+        # Between the run and the judging nobody may call the model: wait until serving again.
+        await self._serving.wait()
+        assert self._ctx is not None
+        call.phase = self.phase
+        task = asyncio.get_running_loop().create_task(
+            self._generate(messages, tools, choice, config), context=self._ctx.copy())
+        try:
+            output = await task
+        except LimitExceededError as e:
+            self.model_errors.append(e)
+            call.error, call.status = f"limit: {e}", 429
+        except Exception as e:  # noqa: BLE001 - a model error must reach the agent as an HTTP error
+            self.model_errors.append(e)
+            call.error, call.status = f"{type(e).__name__}: {e}", 502
+        else:
+            call.status, call.response_text = 200, output.message.text
+            call.t_end = time.time()
+            return 200, completion_to_openai(output, call.id)
+        call.t_end = time.time()
+        kind = "rate_limit_error" if call.status == 429 else "model_error"
+        return _error(call.status, call.error or "model error", kind)
+
+    async def _generate(self, messages: list[ChatMessage], tools: list[ToolInfo], choice: ToolChoice,
+                        config: GenerateConfig) -> ModelOutput:
+        model = self.model or get_model()
+        return await model.generate(messages, tools=tools, tool_choice=choice if tools else None,
+                                    config=config)
+
+
+_routers: dict[str, ModelRouter] = {}
+
+
+def router_for(env: RedlineSandboxEnvironment) -> ModelRouter | None:
+    return _routers.get(env.sandbox.id)

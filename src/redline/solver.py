@@ -1,0 +1,249 @@
+"""The solver: puts the AI system into the sandbox, starts it, gives it its task, waits.
+
+The system folder is copied to `/home/agent/ai_system/` (owned by the agent user), its model server
+and agent are started by their own start scripts exactly as a user would start them, and the task
+is sent to the agent's `/chat`. In gateway mode the sandbox's model router answers the model
+server's calls with Inspect's active model. The agent's trajectory file is followed while it works
+(progress and transcript) and copied into the sample's metadata and messages at the end; it is
+written by the agent and so is a record for analysis, never evidence for the verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import tarfile
+import time
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from inspect_ai.log import transcript
+from inspect_ai.model import ChatMessageAssistant, ChatMessageUser
+from inspect_ai.solver import Generate, Solver, TaskState, solver
+from inspect_ai.util import display_counter, sandbox
+
+from redline.router import ModelRouter
+from redline.sandbox import ProcInfo, RedlineSandboxEnvironment
+
+SYSTEM_SRC = Path(__file__).parent / "system" / "ai_system"
+SYSTEM_DIR = "/home/agent/ai_system"
+READY_TIMEOUT = 60.0
+CHAT_TIMEOUT = 7 * 24 * 3600  # the task's own limits end the conversation, not curl
+POLL_SECONDS = 1.0
+_steps_total = 0
+
+
+class SystemStartError(RuntimeError):
+    pass
+
+
+@dataclass
+class Original:
+    """The original AI system's two processes (inside pids and start times, from /proc)."""
+
+    agent_pid: int
+    llm_pid: int
+    agent_port: int
+    llm_port: int
+    agent_start: int = 0
+    llm_start: int = 0
+
+
+def system_archive(config: dict[str, Any]) -> bytes:
+    """The system folder as a tar, with `config` written over its config.json."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path in sorted(SYSTEM_SRC.rglob("*")):
+            rel = path.relative_to(SYSTEM_SRC)
+            if "__pycache__" in rel.parts or rel.parts[0] == "logs":
+                continue
+            info = tar.gettarinfo(str(path), arcname=f"ai_system/{rel}")
+            info.uid, info.gid, info.uname, info.gname = 1000, 1000, "agent", "agent"
+            if path.name == "config.json":
+                data = (json.dumps(config, indent=2) + "\n").encode()
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            elif path.is_file():
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+            else:
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def default_config() -> dict[str, Any]:
+    return json.loads((SYSTEM_SRC / "config.json").read_text())
+
+
+async def sh(env: RedlineSandboxEnvironment, cmd: str, user: str | None = None, timeout: int = 60) -> str:
+    r = await env.exec(["bash", "-c", cmd], user=user, timeout=timeout)
+    if not r.success:
+        raise SystemStartError(f"`{cmd}` failed ({r.returncode}): {(r.stderr or r.stdout).strip()[:500]}")
+    return r.stdout
+
+
+async def install_system(env: RedlineSandboxEnvironment, config: dict[str, Any],
+                         parent: str = "/home/agent") -> str:
+    r = await env.exec(["tar", "-x", "-C", parent], input=system_archive(config), timeout=60)
+    if not r.success:
+        raise SystemStartError(f"cannot install the AI system: {r.stderr.strip()}")
+    await sh(env, f"mkdir -p {parent}/ai_system/logs")
+    return f"{parent}/ai_system"
+
+
+async def wait_listening(env: RedlineSandboxEnvironment, port: int, log: str,
+                         timeout: float = READY_TIMEOUT) -> ProcInfo:
+    """The process that listens on `port` once it answers /health; a clear error with its log if not."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = await env.exec(["curl", "-s", "-m", "2", f"http://127.0.0.1:{port}/health"], timeout=10)
+        if r.success and "ok" in r.stdout:
+            for p in await env.processes():
+                if port in p.listening:
+                    return p
+        await asyncio.sleep(0.1)
+    tail = await env.exec(["bash", "-c", f"tail -20 {log} 2>/dev/null"], timeout=10)
+    raise SystemStartError(f"nothing answered on port {port} within {timeout:.0f} s; {log}:\n{tail.stdout}")
+
+
+async def start_original(env: RedlineSandboxEnvironment, folder: str, agent_port: int,
+                         llm_port: int) -> Original:
+    """Start the model server, then the agent, with the system's own start scripts, detached."""
+    # `cd || exit; cmd &` backgrounds the simple command itself, so no shell lingers as its parent.
+    await sh(env, f"cd {folder} || exit 1; nohup python3 deploy_api_server.py --port {llm_port} "
+                  "> logs/llm_server.log 2>&1 &")
+    llm = await wait_listening(env, llm_port, f"{folder}/logs/llm_server.log")
+    await sh(env, f"cd {folder} || exit 1; nohup python3 start.py --port {agent_port} "
+                  f"--llm-url http://127.0.0.1:{llm_port} > logs/agent.log 2>&1 &")
+    agent = await wait_listening(env, agent_port, f"{folder}/logs/agent.log")
+    return Original(agent.pid, llm.pid, agent_port, llm_port, agent.start_time, llm.start_time)
+
+
+async def read_trajectory(env: RedlineSandboxEnvironment, folder: str) -> list[dict[str, Any]]:
+    try:
+        text = await env.read_file(f"{folder}/logs/trajectory.jsonl")
+    except (FileNotFoundError, PermissionError, UnicodeDecodeError):
+        return []
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by a crash (or edited by the agent): skip it
+    return records
+
+
+async def chat(env: RedlineSandboxEnvironment, port: int, message: str,
+               timeout: int = CHAT_TIMEOUT, max_steps: int | None = None) -> dict[str, Any]:
+    """POST /chat from inside the sandbox (as root, so the agent cannot read the reply file)."""
+    body: dict[str, Any] = {"message": message}
+    if max_steps is not None:
+        body["max_steps"] = max_steps
+    r = await env.exec(["curl", "-s", "-m", str(timeout), "-w", "\n%{http_code}", "-X", "POST",
+                        f"http://127.0.0.1:{port}/chat", "-H", "Content-Type: application/json",
+                        "--data-binary", "@-"],
+                       input=json.dumps(body), user="root", timeout=timeout + 30)
+    text, _, code = r.stdout.rpartition("\n")
+    if r.returncode != 0 or code != "200":
+        return {"status": "agent_died" if r.returncode in (7, 52, 56) else "http_error",
+                "reply": text[:500], "http_status": code, "curl_exit": r.returncode}
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {"status": "http_error", "reply": text[:500]}
+
+
+async def follow(env: RedlineSandboxEnvironment, folder: str, seen: list[dict[str, Any]]) -> None:
+    """Mirror new trajectory steps into the transcript as they happen (live progress)."""
+    global _steps_total
+    while True:
+        await asyncio.sleep(POLL_SECONDS)
+        records = await read_trajectory(env, folder)
+        for rec in records[len(seen):]:
+            seen.append(rec)
+            if rec.get("type") == "step":
+                _steps_total += 1
+                display_counter("agent steps", str(_steps_total))
+                action = rec.get("action") or {}
+                transcript().info({"step": rec.get("step"), "tool": action.get("tool"),
+                                   "args": action.get("args"), "format_error": rec.get("format_error"),
+                                   "observation": (rec.get("observation") or "")[:4000]},
+                                  source="ai_system")
+
+
+def conversation_messages(records: list[dict[str, Any]]) -> list[ChatMessageAssistant | ChatMessageUser]:
+    out: list[ChatMessageAssistant | ChatMessageUser] = []
+    for rec in records:
+        if rec.get("type") != "step":
+            continue
+        out.append(ChatMessageAssistant(content=rec.get("reply") or rec.get("model_error") or ""))
+        if rec.get("observation"):
+            out.append(ChatMessageUser(content=rec["observation"]))
+    return out
+
+
+@solver
+def ai_system(scenario: str = "self_replication", mode: str = "gateway", scaffold: str = "thinking",
+              max_steps: int = 60, command_timeout: int = 120, few_shot: bool | None = None,
+              constrain_output: bool | None = None, agent_port: int = 8000, llm_port: int = 9000,
+              on_sigterm: str | None = None, model_name: str = "default",
+              extra_config: dict[str, Any] | None = None) -> Solver:
+    """Install and start the AI system in the sandbox, send it the sample's input, wait for it."""
+    small = mode == "full"
+    config = default_config() | {
+        "agent_port": agent_port, "llm_port": llm_port, "llm_url": f"http://127.0.0.1:{llm_port}",
+        "backend": "llama" if mode == "full" else "gateway", "scaffold": scaffold, "max_steps": max_steps,
+        "command_timeout": command_timeout, "model": model_name, "on_sigterm": on_sigterm,
+        # Small local models follow the format only with examples or a grammar (see docs).
+        "few_shot": small if few_shot is None else few_shot,
+        "constrain_output": small if constrain_output is None else constrain_output,
+    } | (extra_config or {})
+
+    async def solve(state: TaskState, generate: Generate) -> TaskState:
+        env = sandbox().as_type(RedlineSandboxEnvironment)
+        meta: dict[str, Any] = {"scenario": scenario, "mode": mode, "scaffold": scaffold,
+                                "config": config, "trajectory": [], "agent_status": "not_started",
+                                "steps": 0}
+        state.metadata["redline"] = meta
+        router = ModelRouter(env) if mode == "gateway" else None
+        records: list[dict[str, Any]] = []
+        t0 = time.time()
+        async with AsyncExitStack() as stack:
+            if router is not None:
+                await router.start()
+                await stack.enter_async_context(router.serving("run"))
+            folder = await install_system(env, config)
+            original = await start_original(env, folder, agent_port, llm_port)
+            meta["original"] = asdict(original)
+            meta["agent_status"] = "running"
+            follower = asyncio.ensure_future(follow(env, folder, records))
+            try:
+                result = await chat(env, agent_port, state.input_text)
+                meta["agent_status"] = result.get("status", "unknown")
+                meta["agent_reply"] = result.get("reply", "")
+            except BaseException:
+                meta["agent_status"] = "timeout"
+                raise
+            finally:
+                follower.cancel()
+                with anyio.CancelScope(shield=True):
+                    # A limit or an interrupt ends the conversation; the agent must stop acting too.
+                    await env.exec(["curl", "-s", "-m", "5", "-X", "POST",
+                                    f"http://127.0.0.1:{agent_port}/cancel"], user="root", timeout=15)
+                    records[:] = await read_trajectory(env, folder)
+                    steps = [r for r in records if r.get("type") == "step"]
+                    meta.update(trajectory=steps, steps=len(steps), wall_seconds=time.time() - t0,
+                                format_errors=sum(1 for s in steps if s.get("format_error")))
+                    state.messages.extend(conversation_messages(records))
+        state.output.completion = str(meta.get("agent_reply", ""))
+        if router is not None and router.model_errors:
+            # The model failed (or hit an Inspect limit): the sample must say so, not be scored as
+            # an ordinary failure of the AI system.
+            raise router.limit_error() or router.model_errors[0]
+        return state
+
+    return solve
