@@ -1,0 +1,177 @@
+"""Aggregates over `SampleRecord`s: the numbers behind every table and figure of the report.
+
+Counting rules:
+- *Trials* are the samples that were scored (success or failure). Errored samples are counted
+  apart and never enter a rate, an interval or pass@k.
+- pass@k uses the unbiased estimator per dataset sample id (n trials, c successes) averaged
+  over ids; it is given only when every id has at least k trials.
+- Median steps and median wall time are over *successful* trials. Tokens are summed over every
+  sample of the group, errored ones included (they were spent).
+- Command categories, tool use, obstacles and behaviours come from every sample that has a
+  trajectory, errored ones included: what the agent did happened either way.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from redline.analysis.behaviours import KINDS as BEHAVIOUR_KINDS
+from redline.analysis.behaviours import detect_behaviours
+from redline.analysis.commands import CATEGORIES, classify_command
+from redline.analysis.logs import MILESTONES, SampleRecord
+from redline.analysis.obstacles import TAXONOMY, detect_obstacles
+from redline.analysis.stats import median, pass_at_k, wilson_interval
+from redline.analysis.steps import step_views
+
+PASS_KS: tuple[int, ...] = (1, 5, 10)
+
+
+@dataclass
+class SuccessRow:
+    """One model × scenario cell of the success table."""
+
+    model: str
+    scenario: str
+    successes: int
+    trials: int
+    errors: int
+    rate: float | None
+    wilson_low: float | None
+    wilson_high: float | None
+    pass_at: dict[int, float | None] = field(default_factory=dict)
+    median_steps: float | None = None
+    median_wall_seconds: float | None = None
+    tokens: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["pass_at"] = {str(k): v for k, v in self.pass_at.items()}
+        return d
+
+
+def _groups(samples: Iterable[SampleRecord]) -> dict[tuple[str, str], list[SampleRecord]]:
+    groups: dict[tuple[str, str], list[SampleRecord]] = defaultdict(list)
+    for s in samples:
+        groups[(s.model, s.scenario)].append(s)
+    return dict(sorted(groups.items()))
+
+
+def success_table(samples: Iterable[SampleRecord]) -> list[SuccessRow]:
+    """One row per model × scenario, sorted by model then scenario (see module doc for rules)."""
+    rows: list[SuccessRow] = []
+    for (model, scenario), group in _groups(samples).items():
+        trials = [s for s in group if s.outcome != "error"]
+        wins = [s for s in trials if s.success]
+        n, c = len(trials), len(wins)
+        low, high = wilson_interval(c, n) if n else (None, None)
+        per_id: dict[str, list[bool]] = defaultdict(list)
+        for s in trials:
+            per_id[s.id].append(s.success)
+        pass_at: dict[int, float | None] = {}
+        for k in PASS_KS:
+            vals = [pass_at_k(len(v), sum(v), k) for v in per_id.values()]
+            pass_at[k] = sum(v for v in vals if v is not None) / len(vals) \
+                if vals and all(v is not None for v in vals) else None
+        token_vals = [s.tokens for s in group if s.tokens is not None]
+        rows.append(SuccessRow(
+            model=model, scenario=scenario, successes=c, trials=n, errors=len(group) - n,
+            rate=c / n if n else None, wilson_low=low, wilson_high=high, pass_at=pass_at,
+            median_steps=median(s.steps for s in wins),
+            median_wall_seconds=median(s.wall_seconds for s in wins),
+            tokens=sum(token_vals) if token_vals else None))
+    return rows
+
+
+def milestone_order(scenario: str, seen: Iterable[str]) -> list[str]:
+    """The scenario's milestones in order, then any others the logs hold (sorted)."""
+    known = list(MILESTONES.get(scenario, ()))
+    return known + sorted(set(seen) - set(known))
+
+
+def milestone_funnel(samples: Iterable[SampleRecord]) -> list[dict[str, Any]]:
+    """Per model × scenario: trials and how many reached each milestone (in order), then success."""
+    out: list[dict[str, Any]] = []
+    for (model, scenario), group in _groups(samples).items():
+        trials = [s for s in group if s.outcome != "error"]
+        order = milestone_order(scenario, (k for s in trials for k in s.milestones))
+        reached = {m: sum(1 for s in trials if s.milestones.get(m, 0.0) >= 0.5) for m in order}
+        reached["success"] = sum(1 for s in trials if s.success)
+        out.append({"model": model, "scenario": scenario, "trials": len(trials), "milestones": reached})
+    return out
+
+
+def command_counts(samples: Iterable[SampleRecord]) -> dict[str, dict[str, int]]:
+    """Per model: how many simple commands fell in each category (every category present)."""
+    out: dict[str, Counter[str]] = defaultdict(Counter)
+    for s in samples:
+        counts = out[s.model]
+        for v in step_views(s.trajectory):
+            if v.tool == "EXECUTE_CMD" and v.command:
+                counts.update(classify_command(v.command))
+    return {m: {c: out[m].get(c, 0) for c in CATEGORIES} for m in sorted(out)}
+
+
+TOOL_COLUMNS: tuple[str, ...] = ("EXECUTE_CMD", "RECEIVE_MSG", "FINISH", "format errors", "model errors",
+                                 "other tools")
+
+
+def tool_counts(samples: Iterable[SampleRecord]) -> dict[str, dict[str, int]]:
+    """Per model: steps by tool, plus malformed replies and model errors."""
+    out: dict[str, Counter[str]] = defaultdict(Counter)
+    for s in samples:
+        counts = out[s.model]
+        for v in step_views(s.trajectory):
+            if v.model_error:
+                counts["model errors"] += 1
+            elif v.format_error or v.tool is None:
+                counts["format errors"] += 1
+            elif v.tool in TOOL_COLUMNS:
+                counts[v.tool] += 1
+            else:
+                counts["other tools"] += 1
+    return {m: {c: out[m].get(c, 0) for c in TOOL_COLUMNS} for m in sorted(out)}
+
+
+def _where(s: SampleRecord) -> dict[str, Any]:
+    return {"model": s.model, "scenario": s.scenario, "sample": s.id, "epoch": s.epoch, "log": s.log}
+
+
+def obstacle_instances(samples: Iterable[SampleRecord]) -> list[dict[str, Any]]:
+    """Every obstacle of every sample, with where it happened."""
+    return [{**_where(s), **o.as_dict()} for s in samples for o in detect_obstacles(s.trajectory)]
+
+
+def obstacle_rows(instances: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model × taxonomy category × subtype: occurrences, how many were resolved, the
+    resolution ratio and the median number of steps a resolution took."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for o in instances:
+        groups[(o["model"], o["category"], o["subtype"])].append(o)
+    pairs = [(cat, sub) for cat, subs in TAXONOMY.items() for sub in subs]
+    order = {pair: i for i, pair in enumerate(pairs)}
+    rows = []
+    for (model, cat, sub), obs in sorted(groups.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1:], 99))):
+        resolved = [o for o in obs if o["resolved"]]
+        kinds = Counter(o["kind"] for o in obs)
+        rows.append({"model": model, "category": cat, "subtype": sub, "count": len(obs),
+                     "resolved": len(resolved), "ratio": len(resolved) / len(obs),
+                     "median_resolution_steps": median(o["resolution_steps"] for o in resolved),
+                     "kinds": dict(kinds.most_common())})
+    return rows
+
+
+def behaviour_instances(samples: Iterable[SampleRecord]) -> list[dict[str, Any]]:
+    """Every unexpected behaviour of every sample, with where it happened."""
+    return [{**_where(s), **b.as_dict()}
+            for s in samples for b in detect_behaviours(s.trajectory, s.original)]
+
+
+def behaviour_counts(instances: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per model: how many samples showed each behaviour kind at least once."""
+    seen: dict[str, dict[str, set[tuple[str, str, int]]]] = defaultdict(lambda: defaultdict(set))
+    for b in instances:
+        seen[b["model"]][b["kind"]].add((b["log"], b["sample"], b["epoch"]))
+    return {m: {k: len(seen[m].get(k, ())) for k in BEHAVIOUR_KINDS} for m in sorted(seen)}
