@@ -72,10 +72,10 @@ PUBLISHED: tuple[PublishedResult, ...] = (
     _p2("Qwen2.5-14B", 3),
     _p2("QwQ-32B", 2),
     _p2("Mistral-Large-2407", 1, "mistral-large-2407"),
-    PublishedResult(PAPER2, "R1-Distill (two models; names not verified here)", 0.1, 1, 10, (),
-                    "deepseek-r1-distill", "10% each"),
-    PublishedResult(PAPER2, "21 smaller models (not named here)", 0.0, 0, 10, (), None,
-                    "0% each"),
+    PublishedResult(PAPER2, "R1-Distill (two models; names not verified here)", 0.1, None, None, (),
+                    "deepseek-r1-distill", "10% each, 10 trials each"),
+    PublishedResult(PAPER2, "21 smaller models (not named here)", 0.0, None, None, (), None,
+                    "0% each, 10 trials each"),
 )
 """Every published rate, paper 1 first."""
 
