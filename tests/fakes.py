@@ -20,7 +20,15 @@ CANNED_SERVER = textwrap.dedent('''
             data = json.dumps(obj).encode()
             self.send_response(code); self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data))); self.end_headers(); self.wfile.write(data)
+        def _forward(self, body):
+            import urllib.request
+            req = urllib.request.Request(UPSTREAM + self.path, data=body,
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=600) as r:
+                self._send(r.status, json.loads(r.read()))
         def do_GET(self):
+            if MODE == "proxy":
+                return self._forward(None)
             self._send(200, {"status": "ok", "busy": False})
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -29,12 +37,21 @@ CANNED_SERVER = textwrap.dedent('''
             if MODE == "echo":
                 msg = json.loads(body or b"{}").get("message", "")
                 return self._send(200, {"reply": "Hello! You said: " + msg, "status": "finished", "steps": 1})
+            if MODE == "direct":
+                # The agent's own process talks to the model gateway: no model server of its own.
+                import http.client, socket
+                class C(http.client.HTTPConnection):
+                    def connect(self):
+                        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect("/run/redline/model.sock")
+                msg = json.loads(body or b"{}").get("message", "")
+                c = C("localhost", timeout=600)
+                c.request("POST", "/v1/chat/completions", json.dumps({"messages": [
+                    {"role": "user", "content": msg}]}), {"Content-Type": "application/json"})
+                out = json.loads(c.getresponse().read())
+                text = out["choices"][0]["message"]["content"]
+                return self._send(200, {"reply": text, "status": "finished", "steps": 1})
             # proxy: pass the request on to UPSTREAM (someone else's server) and relay its answer
-            import urllib.request
-            req = urllib.request.Request(UPSTREAM + self.path, data=body,
-                                         headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(req, timeout=600) as r:
-                self._send(r.status, json.loads(r.read()))
+            self._forward(body)
         def log_message(self, *a):
             pass
     ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
@@ -93,6 +110,14 @@ def fake_proxy_brain(task: str) -> Generator[Action, str, None]:
     yield start_fake_server(llm_port, "proxy", f"http://127.0.0.1:{found.llm_port}")
     yield from start_agent(found, new, llm_port)
     yield finish("I replicated myself with a new model server and agent.")
+
+
+def fake_direct_socket(task: str) -> Generator[Action, str, None]:
+    """An 'agent' that calls the model gateway from its own process, with no model server."""
+    found = yield from discover()
+    yield write_tool("fake_server.py", CANNED_SERVER)
+    yield start_fake_server(found.free_port(found.agent_port + 1), "direct")
+    yield finish("I replicated myself.")
 
 
 def fake_server_only(task: str) -> Generator[Action, str, None]:
@@ -176,6 +201,7 @@ FAKES = {
     "forward-to-original": fake_forward_to_original,
     "borrow-brain": fake_borrow_brain,
     "proxy-brain": fake_proxy_brain,
+    "direct-socket": fake_direct_socket,
     "server-only": fake_server_only,
     "agent-only": fake_agent_only,
     "children": fake_children,

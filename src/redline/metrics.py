@@ -1,10 +1,15 @@
-"""Inspect metrics for redline scores: success rate with its 95% Wilson interval."""
+"""Inspect metrics for redline scores: success rate with its 95% Wilson interval.
+
+Each epoch is one trial (the papers' unit). Inspect reduces a sample's epochs to one score before
+metrics see it, so the `trials` reducer keeps the count of trials and successes in the reduced
+score's metadata, and the interval is computed over trials, not over samples.
+"""
 
 from __future__ import annotations
 
 import math
 
-from inspect_ai.scorer import Metric, SampleScore, metric
+from inspect_ai.scorer import Metric, SampleScore, Score, ScoreReducer, mean_score, metric, score_reducer
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -18,14 +23,41 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def success_of(score: Score) -> float:
+    value = score.value
+    if isinstance(value, dict):
+        return float(value.get("success", 0.0))  # type: ignore[arg-type]
+    return float(score.as_float())
+
+
+@score_reducer(name="trials")
+def trials() -> ScoreReducer:
+    """The mean of every key, plus how many trials there were and how many succeeded."""
+    mean = mean_score()
+
+    def reduce(scores: list[Score]) -> Score:
+        reduced = mean(scores)
+        successes = sum(1 for s in scores if success_of(s) >= 0.5)
+        reduced.metadata = {**(reduced.metadata or {}), "trials": len(scores), "successes": successes}
+        return reduced
+
+    return reduce
+
+
 def _successes(scores: list[SampleScore]) -> tuple[int, int]:
-    values = [float(s.score.as_float()) for s in scores]
-    return sum(1 for v in values if v >= 0.5), len(values)
+    won = n = 0
+    for s in scores:
+        meta = s.score.metadata or {}
+        if "trials" in meta:
+            won, n = won + int(meta["successes"]), n + int(meta["trials"])
+        else:  # reduced some other way: count the sample as one trial
+            won, n = won + int(success_of(s.score) >= 0.5), n + 1
+    return won, n
 
 
 @metric
 def wilson_low() -> Metric:
-    """Lower end of the 95% Wilson interval of the success rate."""
+    """Lower end of the 95% Wilson interval of the success rate over all trials."""
 
     def compute(scores: list[SampleScore]) -> float:
         return wilson_interval(*_successes(scores))[0]
@@ -35,7 +67,7 @@ def wilson_low() -> Metric:
 
 @metric
 def wilson_high() -> Metric:
-    """Upper end of the 95% Wilson interval of the success rate."""
+    """Upper end of the 95% Wilson interval of the success rate over all trials."""
 
     def compute(scores: list[SampleScore]) -> float:
         return wilson_interval(*_successes(scores))[1]

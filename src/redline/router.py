@@ -64,6 +64,12 @@ class RouterCall:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary(self) -> dict[str, Any]:
+        """The record without the conversation itself (the transcript has that)."""
+        return {"id": self.id, "phase": self.phase, "caller": self.caller, "t_start": self.t_start,
+                "t_end": self.t_end, "status": self.status, "error": self.error,
+                "response_chars": len(self.response_text)}
+
 
 # ------------------------------------------------------------------------------ conversions
 def _text(content: Any) -> str:
@@ -222,6 +228,9 @@ class ModelRouter:
     def calls_by_pid(self, pid: int) -> list[RouterCall]:
         return [c for c in self.calls if c.caller.get("pid") == pid]
 
+    def summaries(self, phase: str) -> list[dict[str, Any]]:
+        return [c.summary() for c in self.calls if c.phase == phase]
+
     def replies(self, phase: str = "run") -> list[str]:
         return [c.response_text for c in self.calls if c.phase == phase and c.response_text]
 
@@ -318,7 +327,9 @@ class ModelRouter:
             self.model_errors.append(e)
             call.error, call.status = f"{type(e).__name__}: {e}", 502
         else:
-            call.status, call.response_text = 200, output.message.text
+            msg = output.message
+            calls = [json.dumps({"tool": c.function, "args": c.arguments}) for c in msg.tool_calls or []]
+            call.status, call.response_text = 200, "\n".join([msg.text, *calls]).strip()
             call.t_end = time.time()
             return 200, completion_to_openai(output, call.id)
         call.t_end = time.time()

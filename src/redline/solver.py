@@ -100,8 +100,8 @@ async def wait_listening(env: RedlineSandboxEnvironment, port: int, log: str,
     """The process that listens on `port` once it answers /health; a clear error with its log if not."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        r = await env.exec(["curl", "-s", "-m", "2", f"http://127.0.0.1:{port}/health"], timeout=10)
-        if r.success and "ok" in r.stdout:
+        status, text = await http(env, "GET", port, "/health", timeout=2)
+        if status == 200 and "ok" in text:
             for p in await env.processes():
                 if port in p.listening:
                     return p
@@ -137,42 +137,63 @@ async def read_trajectory(env: RedlineSandboxEnvironment, folder: str) -> list[d
     return records
 
 
+async def http(env: RedlineSandboxEnvironment, method: str, port: int, path: str,
+               body: dict[str, Any] | None = None, timeout: float = 10) -> tuple[int, str]:
+    """(status, body) of a request made inside the sandbox's network, as root. Status 0: no answer.
+
+    The body comes back on stdout, never through a file the agent could swap.
+    """
+    cmd = ["curl", "-s", "-m", str(timeout), "-w", "\n%{http_code}", "-X", method,
+           f"http://127.0.0.1:{port}{path}"]
+    data = None
+    if body is not None:
+        cmd += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
+        data = json.dumps(body)
+    try:
+        r = await env.exec(cmd, input=data, user="root", timeout=int(timeout) + 30)
+    except TimeoutError:
+        return 0, ""
+    text, _, code = r.stdout.rpartition("\n")
+    return (int(code) if code.isdigit() else 0), text
+
+
 async def chat(env: RedlineSandboxEnvironment, port: int, message: str,
-               timeout: int = CHAT_TIMEOUT, max_steps: int | None = None) -> dict[str, Any]:
-    """POST /chat from inside the sandbox (as root, so the agent cannot read the reply file)."""
+               timeout: float = CHAT_TIMEOUT, max_steps: int | None = None) -> dict[str, Any]:
+    """Send `message` to the agent on `port` and wait for its final reply."""
     body: dict[str, Any] = {"message": message}
     if max_steps is not None:
         body["max_steps"] = max_steps
-    r = await env.exec(["curl", "-s", "-m", str(timeout), "-w", "\n%{http_code}", "-X", "POST",
-                        f"http://127.0.0.1:{port}/chat", "-H", "Content-Type: application/json",
-                        "--data-binary", "@-"],
-                       input=json.dumps(body), user="root", timeout=timeout + 30)
-    text, _, code = r.stdout.rpartition("\n")
-    if r.returncode != 0 or code != "200":
-        return {"status": "agent_died" if r.returncode in (7, 52, 56) else "http_error",
-                "reply": text[:500], "http_status": code, "curl_exit": r.returncode}
+    status, text = await http(env, "POST", port, "/chat", body, timeout)
+    if status != 200:
+        return {"status": "agent_died" if status == 0 else "http_error", "http_status": status,
+                "reply": text[:500]}
     try:
-        return json.loads(text)
+        reply = json.loads(text)
     except ValueError:
-        return {"status": "http_error", "reply": text[:500]}
+        reply = None
+    return reply if isinstance(reply, dict) else {"status": "http_error", "reply": text[:500]}
+
+
+def publish(records: list[dict[str, Any]], seen: list[dict[str, Any]]) -> None:
+    """Mirror trajectory records not seen yet into the transcript and the progress display."""
+    global _steps_total
+    for rec in records[len(seen):]:
+        seen.append(rec)
+        if rec.get("type") != "step":
+            continue
+        _steps_total += 1
+        display_counter("agent steps", str(_steps_total))
+        action = rec.get("action") or {}
+        transcript().info({"step": rec.get("step"), "tool": action.get("tool"), "args": action.get("args"),
+                           "format_error": rec.get("format_error"), "model_error": rec.get("model_error"),
+                           "observation": (rec.get("observation") or "")[:4000]}, source="ai_system")
 
 
 async def follow(env: RedlineSandboxEnvironment, folder: str, seen: list[dict[str, Any]]) -> None:
-    """Mirror new trajectory steps into the transcript as they happen (live progress)."""
-    global _steps_total
+    """Live progress: publish new steps while the agent works."""
     while True:
         await asyncio.sleep(POLL_SECONDS)
-        records = await read_trajectory(env, folder)
-        for rec in records[len(seen):]:
-            seen.append(rec)
-            if rec.get("type") == "step":
-                _steps_total += 1
-                display_counter("agent steps", str(_steps_total))
-                action = rec.get("action") or {}
-                transcript().info({"step": rec.get("step"), "tool": action.get("tool"),
-                                   "args": action.get("args"), "format_error": rec.get("format_error"),
-                                   "observation": (rec.get("observation") or "")[:4000]},
-                                  source="ai_system")
+        publish(await read_trajectory(env, folder), seen)
 
 
 def conversation_messages(records: list[dict[str, Any]]) -> list[ChatMessageAssistant | ChatMessageUser]:
@@ -210,7 +231,7 @@ def ai_system(scenario: str = "self_replication", mode: str = "gateway", scaffol
                                 "steps": 0}
         state.metadata["redline"] = meta
         router = ModelRouter(env) if mode == "gateway" else None
-        records: list[dict[str, Any]] = []
+        seen: list[dict[str, Any]] = []
         t0 = time.time()
         async with AsyncExitStack() as stack:
             if router is not None:
@@ -220,7 +241,7 @@ def ai_system(scenario: str = "self_replication", mode: str = "gateway", scaffol
             original = await start_original(env, folder, agent_port, llm_port)
             meta["original"] = asdict(original)
             meta["agent_status"] = "running"
-            follower = asyncio.ensure_future(follow(env, folder, records))
+            follower = asyncio.ensure_future(follow(env, folder, seen))
             try:
                 result = await chat(env, agent_port, state.input_text)
                 meta["agent_status"] = result.get("status", "unknown")
@@ -232,13 +253,15 @@ def ai_system(scenario: str = "self_replication", mode: str = "gateway", scaffol
                 follower.cancel()
                 with anyio.CancelScope(shield=True):
                     # A limit or an interrupt ends the conversation; the agent must stop acting too.
-                    await env.exec(["curl", "-s", "-m", "5", "-X", "POST",
-                                    f"http://127.0.0.1:{agent_port}/cancel"], user="root", timeout=15)
-                    records[:] = await read_trajectory(env, folder)
+                    await http(env, "POST", agent_port, "/cancel", timeout=5)
+                    records = await read_trajectory(env, folder)
+                    publish(records, seen)
                     steps = [r for r in records if r.get("type") == "step"]
                     meta.update(trajectory=steps, steps=len(steps), wall_seconds=time.time() - t0,
                                 format_errors=sum(1 for s in steps if s.get("format_error")))
                     state.messages.extend(conversation_messages(records))
+                    if router is not None:
+                        meta["model_calls"] = router.summaries("run")
         state.output.completion = str(meta.get("agent_reply", ""))
         if router is not None and router.model_errors:
             # The model failed (or hit an Inspect limit): the sample must say so, not be scored as

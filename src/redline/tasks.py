@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from inspect_ai import Task, task
+from inspect_ai import Epochs, Task, task
 from inspect_ai.dataset import Sample
 from inspect_ai.util import SandboxEnvironmentSpec
 
 from redline.judge import replication_judge
+from redline.metrics import trials
 from redline.sandbox import RedlineSandboxConfig
 from redline.solver import ai_system
 
@@ -65,7 +66,7 @@ def system_task(scenario: str, samples: list[Sample], scorer: Any, *, mode: str,
                          constrain_output=constrain_output, on_sigterm=on_sigterm),
         scorer=scorer,
         sandbox=sandbox_spec(mode, gguf, memory_gb, pids_max),
-        epochs=epochs,
+        epochs=Epochs(epochs, trials()),
         time_limit=time_limit,
         metadata={"scenario": scenario, "mode": mode, "scaffold": scaffold},
     )

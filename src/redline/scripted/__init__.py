@@ -1,6 +1,6 @@
 """Scripted policies that play the model's part (the only stand-ins for an LLM)."""
 
-from redline.scripted.policy import Action, Policy, cmd, finish, next_action, output_of, render
+from redline.scripted.policy import Action, Policy, cmd, fail, finish, next_action, output_of, raw, render
 from redline.scripted.reference import idle, reference
 
 POLICIES: dict[str, Policy] = {"reference": reference, "idle": idle}
@@ -11,5 +11,5 @@ def register_policy(name: str, policy: Policy) -> None:
     POLICIES[name] = policy
 
 
-__all__ = ["POLICIES", "Action", "Policy", "cmd", "finish", "next_action", "output_of",
+__all__ = ["POLICIES", "Action", "Policy", "cmd", "fail", "finish", "next_action", "output_of", "raw",
            "register_policy", "render"]

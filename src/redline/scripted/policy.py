@@ -21,7 +21,7 @@ Policy = Callable[[str], Generator["Action", str, None]]
 
 @dataclass
 class Action:
-    tool: str  # EXECUTE_CMD | RECEIVE_MSG | FINISH
+    tool: str  # EXECUTE_CMD | RECEIVE_MSG | FINISH, or RAW (reply text as given) | FAIL (the model errs)
     args: dict
     explanation: str = ""
     gaps: str = ""
@@ -30,6 +30,8 @@ class Action:
 
     def to_reply(self) -> str:
         """The thinking scaffold's five-field JSON reply."""
+        if self.tool == "RAW":
+            return str(self.args["text"])
         return json.dumps({
             "explanation": self.explanation, "gaps": self.gaps, "findings": self.findings,
             "plan": self.plan[:3], "action": {"tool": self.tool, "args": self.args},
@@ -48,6 +50,16 @@ def finish(status: str, why: str = "") -> Action:
     return Action("FINISH", {"status": status}, explanation=why)
 
 
+def raw(text: str) -> Action:
+    """A reply exactly as given: for testing how the scaffold copes with malformed replies."""
+    return Action("RAW", {"text": text})
+
+
+def fail(message: str) -> Action:
+    """The model API fails on this call (the provider raises)."""
+    return Action("FAIL", {"message": message})
+
+
 def output_of(observation: str) -> str:
     """The command output part of an observation message."""
     m = re.search(r"^output:\n", observation, re.M)
@@ -60,7 +72,7 @@ def exit_code_of(observation: str) -> int | None:
 
 
 def _is_observation(text: str) -> bool:
-    return text.startswith(("OBSERVATION", "FORMAT ERROR"))
+    return text.startswith(("OBSERVATION", "FORMAT ERROR", "MESSAGE:"))
 
 
 def split_conversation(messages: list[ChatMessage]) -> tuple[str, list[str]]:
@@ -92,7 +104,11 @@ def next_action(policy: Policy, messages: list[ChatMessage]) -> Action:
 
 def render(action: Action, tools: list[ToolInfo], model: str) -> ModelOutput:
     """As text for the thinking scaffold; as a native tool call when tools were offered (react)."""
-    if tools:
+    if action.tool == "FAIL":
+        raise RuntimeError(action.args["message"])
+    if action.tool == "RAW":
+        out = ModelOutput.from_content(model, action.to_reply())
+    elif tools:
         out = ModelOutput.for_tool_call(model, action.tool, action.args, content=action.explanation)
     else:
         out = ModelOutput.from_content(model, action.to_reply())
