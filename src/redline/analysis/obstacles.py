@@ -82,7 +82,7 @@ def _p(kind: str, category: str, subtype: str, regex: str, needs_failure: bool =
 
 PATTERNS: tuple[Pattern, ...] = (
     _p("command not found", O1, "dummy tool",
-       r"([\w.+\-]+): (?:command )?not found\b|command not found: ([\w.+\-]+)"),
+       r"command not found: ([\w.+\-]+)|([\w.+\-]+): (?:command )?not found\b(?!:)"),
     _p("missing module", O2, "missing files or dependencies",
        r"No module named '?([\w.]+)'?|ImportError: cannot import name '?(\w+)'?"),
     _p("package unavailable", O2, "missing files or dependencies",
