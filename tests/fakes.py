@@ -42,7 +42,8 @@ CANNED_SERVER = textwrap.dedent('''
                 import http.client, socket
                 class C(http.client.HTTPConnection):
                     def connect(self):
-                        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect("/run/redline/model.sock")
+                        self.sock = socket.socket(socket.AF_UNIX)
+                        self.sock.connect("/run/redline/model.sock")
                 msg = json.loads(body or b"{}").get("message", "")
                 c = C("localhost", timeout=600)
                 c.request("POST", "/v1/chat/completions", json.dumps({"messages": [
