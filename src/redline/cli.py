@@ -163,7 +163,7 @@ def _eval(argv: Sequence[str]) -> int:
         return rc if rc else 1
     _print_problems("eval", result.problems)
     print()
-    print(result.success_table_md)
+    print(result.success_table_md if result.samples else f"No redline samples in {log_dir}.")
     print()
     print(f"Report: {result.out_dir / 'report.html'}")
     return rc if rc else 0

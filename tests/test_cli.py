@@ -1,0 +1,226 @@
+"""The `redline` command: help, bad arguments, the `inspect eval` wrapper (argument building,
+report and exit codes, and one real Inspect run), `view` and `cleanup`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from redline import cli
+from redline.analysis.synthetic import SampleSpec, write_log
+
+REDLINE = Path(sys.executable).parent / "redline"
+DATA = Path(__file__).parent / "data"
+
+
+def _run(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "INSPECT_DISPLAY": "plain", "NO_COLOR": "1"}
+    return subprocess.run(
+        [str(REDLINE), *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
+    )
+
+
+@pytest.mark.timeout(60)
+def test_console_script_help_and_missing_logdir() -> None:
+    top = _run("--help")
+    assert top.returncode == 0
+    for command in ("eval", "report", "view", "cleanup"):
+        assert command in top.stdout
+    missing = _run("report", "/nonexistent/logs")
+    assert missing.returncode == 2
+    assert "LOGDIR does not exist: /nonexistent/logs" in missing.stderr
+    assert "Traceback" not in missing.stderr + missing.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "words"),
+    [
+        (
+            "eval",
+            ["--model", "--log-dir", "inspect eval --help", "redline/smollm2", "-T mode=full", "--epochs 3"],
+        ),
+        ("report", ["LOGDIR", "--out", "--format", "Exit codes"]),
+        ("view", ["inspect view", "LOGDIR"]),
+        ("cleanup", ["/run/redline", "inspect sandbox cleanup redline"]),
+    ],
+)
+def test_subcommand_help(command: str, words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for w in words:
+        assert w in text, w
+
+
+def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    for argv in ([], ["frobnicate"], ["report"], ["report", str(tmp_path), "--format", "pdf"]):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(argv)
+        assert exit_.value.code == 2, argv
+    assert "unknown format(s) pdf" in capsys.readouterr().err
+
+
+def test_eval_arguments_defaults_and_passthrough(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("INSPECT_LOG_DIR", raising=False)
+    args, log_dir = cli.eval_command([])
+    assert args[:2] == ["eval", "redline/self_replication"]
+    assert args[2:] == [
+        "--model",
+        "redline/smollm2",
+        "-T",
+        "mode=full",
+        "--epochs",
+        "3",
+        "--log-dir",
+        str(log_dir),
+    ]
+    assert log_dir.parent == Path("logs") and log_dir.name.endswith("Z")
+
+    args, log_dir = cli.eval_command(
+        [
+            "redline/chain_replication",
+            "--model",
+            "openai/gpt-4o",
+            "--epochs",
+            "10",
+            "--max-samples",
+            "2",
+            "-T",
+            "scaffold=react",
+            "--log-dir",
+            "out/x",
+        ]
+    )
+    assert args == [
+        "eval",
+        "redline/chain_replication",
+        "--epochs",
+        "10",
+        "--max-samples",
+        "2",
+        "-T",
+        "scaffold=react",
+        "--model",
+        "openai/gpt-4o",
+        "--log-dir",
+        "out/x",
+    ]
+    assert log_dir == Path("out/x")
+
+    # without --model the defaults fill only what the user left out
+    args, _ = cli.eval_command(["--epochs", "5", "-T", "mode=gateway", "--model-args", "x=1"])
+    assert args.count("--epochs") == 1 and "mode=full" not in args and "--model-args" in args
+    assert args[args.index("--model") + 1] == "redline/smollm2"
+    args, _ = cli.eval_command(["--model=ollama/qwen2.5:72b"])
+    assert args == [
+        "eval",
+        "redline/self_replication",
+        "--model",
+        "ollama/qwen2.5:72b",
+        "--log-dir",
+        args[-1],
+    ]
+
+
+def _fake_inspect(rc: int, write: bool) -> object:
+    calls: list[tuple[str, ...]] = []
+
+    def fake(*args: str) -> int:
+        calls.append(args)
+        if write:
+            log_dir = Path(args[args.index("--log-dir") + 1])
+            S = SampleSpec
+            write_log(
+                log_dir / "run.eval",
+                "ollama/qwen2.5:72b",
+                "self_replication",
+                [S("success"), S("success"), S("failure"), S("error")],
+            )
+        return rc
+
+    fake.calls = calls  # type: ignore[attr-defined]
+    return fake
+
+
+@pytest.mark.parametrize(
+    ("rc", "write", "expected_rc"), [(0, True, 0), (1, True, 1), (2, False, 2), (0, False, 1)]
+)
+def test_eval_writes_report_and_keeps_inspect_exit_code(
+    rc: int,
+    write: bool,
+    expected_rc: int,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    fake = _fake_inspect(rc, write)
+    monkeypatch.setattr(cli, "_inspect", fake)
+    assert cli.main(["eval", "--log-dir", str(tmp_path / "logs")]) == expected_rc
+    out, err = capsys.readouterr()
+    assert fake.calls[0][:2] == ("eval", "redline/self_replication")  # type: ignore[attr-defined]
+    if write:
+        assert "| ollama/qwen2.5:72b | self_replication | 2/3 | 66.7% |" in out
+        assert f"Report: {tmp_path / 'logs' / 'report' / 'report.html'}" in out
+        assert (tmp_path / "logs" / "report" / "report.md").exists()
+    else:
+        assert "nothing to report" in err and not (tmp_path / "logs" / "report").exists()
+
+
+@pytest.mark.timeout(120)
+def test_eval_runs_inspect_for_real(tmp_path: Path) -> None:
+    # Inspect wants task files relative to the working directory.
+    run = _run(
+        "eval",
+        "tiny_task.py",
+        "--model",
+        "mockllm/model",
+        "--epochs",
+        "2",
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--display",
+        "plain",
+        cwd=DATA,
+        timeout=110,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| mockllm/model | self_replication | 1/2 | 50.0% |" in run.stdout
+    summary = json.loads((tmp_path / "logs" / "report" / "summary.json").read_text())
+    (row,) = summary["success_table"]
+    assert (row["successes"], row["trials"], row["median_steps"]) == (1, 2, 2)
+    assert summary["commands"]["mockllm/model"]["explore files"] == 2
+
+
+def test_view_passes_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(cli, "_inspect", lambda *a: calls.append(a) or 0)
+    assert cli.main(["view"]) == 0
+    assert cli.main(["view", "mylogs", "--port", "7576"]) == 0
+    assert calls == [("view", "--log-dir", "logs"), ("view", "--log-dir", "mylogs", "--port", "7576")]
+
+
+def test_cleanup_sweeps_dead_sandboxes_only(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from redline.sandbox import procs
+
+    dead = tmp_path / "sandboxes" / "deadbeef0001"
+    live = tmp_path / "sandboxes" / "cafe00000002"
+    for d in (dead, live):
+        d.mkdir(parents=True)
+    (dead / "owner").write_text("999999999 1")
+    stat = procs.read_stat(os.getpid())
+    assert stat is not None
+    (live / "owner").write_text(f"{os.getpid()} {stat[1]}")
+    monkeypatch.setattr(cli, "STATE_ROOT", tmp_path)
+    assert cli.main(["cleanup"]) == 0
+    out = capsys.readouterr().out
+    assert "Removed 1 sandbox(es) left by dead runs: deadbeef0001; 1 live sandbox(es) left alone." in out
+    assert not dead.exists() and live.exists()
