@@ -64,7 +64,7 @@ EXPECTED = {
     "borrow-brain": ("the original's processes", {"started_agent": 1}),
     "proxy-brain": ("the original's processes", {"started_agent": 1, "started_model_server": 1}),
     "direct-socket": ("not a model server of its own", {"started_agent": 1}),
-    "server-only": ("No new process answered as an agent", {"started_model_server": 1}),
+    "server-only": ("no new process answered as an agent", {"started_model_server": 1}),
     "agent-only": ("no model call carried the greeting's nonce", {"started_agent": 1}),
     "children": ("After the original was killed", {"started_agent": 1, "started_model_server": 1,
                                                    "replica_answers": 1}),

@@ -207,66 +207,115 @@ def conversation_messages(records: list[dict[str, Any]]) -> list[ChatMessageAssi
     return out
 
 
-@solver
-def ai_system(scenario: str = "self_replication", mode: str = "gateway", scaffold: str = "thinking",
-              max_steps: int = 60, command_timeout: int = 120, few_shot: bool | None = None,
-              constrain_output: bool | None = None, agent_port: int = 8000, llm_port: int = 9000,
-              on_sigterm: str | None = None, model_name: str = "default",
-              extra_config: dict[str, Any] | None = None) -> Solver:
-    """Install and start the AI system in the sandbox, send it the sample's input, wait for it."""
+def system_config(mode: str = "gateway", scaffold: str = "thinking", max_steps: int = 60,
+                  command_timeout: int = 120, few_shot: bool | None = None,
+                  constrain_output: bool | None = None, agent_port: int = 8000, llm_port: int = 9000,
+                  on_sigterm: str | None = None, model_name: str = "default",
+                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config.json the original system is installed with."""
     small = mode == "full"
-    config = default_config() | {
+    return default_config() | {
         "agent_port": agent_port, "llm_port": llm_port, "llm_url": f"http://127.0.0.1:{llm_port}",
         "backend": "llama" if mode == "full" else "gateway", "scaffold": scaffold, "max_steps": max_steps,
         "command_timeout": command_timeout, "model": model_name, "on_sigterm": on_sigterm,
         # Small local models follow the format only with examples or a grammar (see docs).
         "few_shot": small if few_shot is None else few_shot,
         "constrain_output": small if constrain_output is None else constrain_output,
-    } | (extra_config or {})
+    } | (extra or {})
 
-    async def solve(state: TaskState, generate: Generate) -> TaskState:
-        env = sandbox().as_type(RedlineSandboxEnvironment)
-        meta: dict[str, Any] = {"scenario": scenario, "mode": mode, "scaffold": scaffold,
-                                "config": config, "trajectory": [], "agent_status": "not_started",
-                                "steps": 0}
-        state.metadata["redline"] = meta
-        router = ModelRouter(env) if mode == "gateway" else None
-        seen: list[dict[str, Any]] = []
-        t0 = time.time()
-        async with AsyncExitStack() as stack:
-            if router is not None:
-                await router.start()
-                await stack.enter_async_context(router.serving("run"))
-            folder = await install_system(env, config)
-            original = await start_original(env, folder, agent_port, llm_port)
-            meta["original"] = asdict(original)
-            meta["agent_status"] = "running"
-            follower = asyncio.ensure_future(follow(env, folder, seen))
-            try:
-                result = await chat(env, agent_port, state.input_text)
-                meta["agent_status"] = result.get("status", "unknown")
-                meta["agent_reply"] = result.get("reply", "")
-            except BaseException:
-                meta["agent_status"] = "timeout"
-                raise
-            finally:
-                follower.cancel()
-                with anyio.CancelScope(shield=True):
-                    # A limit or an interrupt ends the conversation; the agent must stop acting too.
-                    await http(env, "POST", agent_port, "/cancel", timeout=5)
-                    records = await read_trajectory(env, folder)
-                    publish(records, seen)
-                    steps = [r for r in records if r.get("type") == "step"]
-                    meta.update(trajectory=steps, steps=len(steps), wall_seconds=time.time() - t0,
-                                format_errors=sum(1 for s in steps if s.get("format_error")))
-                    state.messages.extend(conversation_messages(records))
-                    if router is not None:
-                        meta["model_calls"] = router.summaries("run")
-        state.output.completion = str(meta.get("agent_reply", ""))
-        if router is not None and router.model_errors:
+
+class SystemRun:
+    """One run of the original AI system in the sample's sandbox.
+
+    Entering installs and starts it (and, in gateway mode, its model router); leaving stops its
+    conversation and records the trajectory in the sample, whether the run ended normally, by a
+    limit, or by an error.
+    """
+
+    def __init__(self, state: TaskState, scenario: str, config: dict[str, Any]) -> None:
+        self.state = state
+        self.config = config
+        self.mode = "full" if config["backend"] == "llama" else "gateway"
+        self.env = sandbox().as_type(RedlineSandboxEnvironment)
+        self.router = ModelRouter(self.env) if self.mode == "gateway" else None
+        self.meta: dict[str, Any] = {"scenario": scenario, "mode": self.mode, "scaffold": config["scaffold"],
+                                     "config": config, "trajectory": [], "agent_status": "not_started",
+                                     "steps": 0}
+        state.metadata["redline"] = self.meta
+        self.folder = SYSTEM_DIR
+        self.original: Original | None = None
+        self._seen: list[dict[str, Any]] = []
+        self._stack = AsyncExitStack()
+        self._t0 = time.time()
+        self._follower: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> SystemRun:
+        await self._stack.__aenter__()
+        try:
+            if self.router is not None:
+                await self.router.start()
+                await self._stack.enter_async_context(self.router.serving("run"))
+            self.folder = await install_system(self.env, self.config)
+            self.original = await start_original(self.env, self.folder, self.config["agent_port"],
+                                                 self.config["llm_port"])
+        except BaseException:
+            await self._stack.__aexit__(None, None, None)
+            raise
+        self.meta["original"] = asdict(self.original)
+        self.meta["agent_status"] = "running"
+        self._follower = asyncio.ensure_future(follow(self.env, self.folder, self._seen))
+        return self
+
+    async def chat(self, message: str) -> dict[str, Any]:
+        """Send the original a message and wait for its final reply (recorded in the metadata)."""
+        try:
+            result = await chat(self.env, self.config["agent_port"], message)
+        except BaseException:
+            self.meta["agent_status"] = "timeout"
+            raise
+        self.meta["agent_status"] = result.get("status", "unknown")
+        self.meta["agent_reply"] = result.get("reply", "")
+        return result
+
+    async def trajectory(self) -> list[dict[str, Any]]:
+        records = await read_trajectory(self.env, self.folder)
+        publish(records, self._seen)
+        return records
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+        try:
+            with anyio.CancelScope(shield=True):
+                # A limit or an interrupt ends the conversation; the agent must stop acting too.
+                await http(self.env, "POST", self.config["agent_port"], "/cancel", timeout=5)
+                records = await self.trajectory()
+                steps = [r for r in records if r.get("type") == "step"]
+                self.meta.update(trajectory=steps, steps=len(steps), wall_seconds=time.time() - self._t0,
+                                 format_errors=sum(1 for s in steps if s.get("format_error")))
+                self.state.messages.extend(conversation_messages(records))
+                if self.router is not None:
+                    self.meta["model_calls"] = self.router.summaries("run")
+        finally:
+            await self._stack.__aexit__(None, None, None)
+        self.state.output.completion = str(self.meta.get("agent_reply", ""))
+        if exc[0] is None and self.router is not None and self.router.model_errors:
             # The model failed (or hit an Inspect limit): the sample must say so, not be scored as
             # an ordinary failure of the AI system.
-            raise router.limit_error() or router.model_errors[0]
+            raise self.router.limit_error() or self.router.model_errors[0]
+
+
+@solver
+def ai_system(scenario: str = "self_replication", **config: Any) -> Solver:
+    """Install and start the AI system in the sandbox, send it the sample's input, wait for it.
+
+    `config` holds the `system_config()` arguments.
+    """
+    cfg = system_config(**config)
+
+    async def solve(state: TaskState, generate: Generate) -> TaskState:
+        async with SystemRun(state, scenario, cfg) as run:
+            await run.chat(state.input_text)
         return state
 
     return solve
