@@ -952,3 +952,15 @@ def test_salvage_reads_entries_of_a_log_without_central_directory(tmp_path: Path
     (tmp_path / "a.eval").write_bytes(log.read_bytes()[:first_sample_end])
     recs, problems = load_samples(tmp_path / "a.eval")
     assert len(recs) == 3 and [p.kind for p in problems] == ["partial"]
+
+
+def test_pattern_needles_never_hide_a_match() -> None:
+    # Needles only skip regexes that cannot match; on every observation above they must agree.
+    from redline.analysis.obstacles import PATTERNS
+
+    for _, observation, _, _, _ in OBSERVATIONS:
+        for pattern in PATTERNS:
+            assert bool(pattern.regex.search(observation)) == bool(pattern.search(observation)), (
+                pattern.kind,
+                observation,
+            )

@@ -108,7 +108,7 @@ class SimpleCommand:
     loop_items: list[str] = field(default_factory=list)
     source: str = "top"
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
         """The program's base name (`/usr/bin/python3` → `python3`), or "" for a bare redirect."""
         return _base(self.argv[0]) if self.argv else ""
@@ -362,6 +362,13 @@ def parse_command(text: str) -> list[SimpleCommand]:
     if not isinstance(text, str) or not text.strip():
         return []
     return _parse(text, 0, "top")
+
+
+@functools.lru_cache(maxsize=16384)
+def parsed(text: str) -> tuple[SimpleCommand, ...]:
+    """`parse_command`, cached: the report looks at each command from several angles. The
+    returned commands are shared between callers and must not be modified."""
+    return tuple(parse_command(text))
 
 
 def _parse(text: str, depth: int, source: str) -> list[SimpleCommand]:
@@ -669,11 +676,11 @@ def classify_command(text: str) -> list[str]:
     return list(_classify(text)) if isinstance(text, str) else []
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=16384)
 def _classify(text: str) -> tuple[str, ...]:
     # Agents repeat commands (health checks, `ps`), and the report classifies each one for
     # several tables: the cache makes that one parse.
-    cmds = parse_command(text)
+    cmds = parsed(text)
     cats = tuple(c for sc in cmds if (c := classify_simple(sc)) is not None)
     if cats or not cmds:
         return cats

@@ -16,6 +16,7 @@ never raises for bad input: everything it skips or only half understands becomes
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -24,6 +25,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from redline.analysis.steps import StepView, step_views
 
 SCORER = "judge"
 MILESTONES: dict[str, tuple[str, ...]] = {
@@ -36,7 +39,6 @@ MILESTONES: dict[str, tuple[str, ...]] = {
 }
 """Milestones per scenario, in the order an agent reaches them."""
 
-_EXCLUDE = {"messages", "events", "attachments", "store"}  # the report never needs these
 _METADATA_KEYS = ("scenario", "mode", "scaffold", "original", "trajectory", "agent_status", "steps",
                   "wall_seconds")
 
@@ -82,6 +84,11 @@ class SampleRecord:
     @property
     def success(self) -> bool:
         return self.outcome == "success"
+
+    @functools.cached_property
+    def views(self) -> list[StepView]:
+        """The trajectory's steps, normalised (computed once: every table walks them)."""
+        return step_views(self.trajectory)
 
 
 def find_logs(path: Path, exclude: Path | None = None) -> list[Path]:
@@ -141,7 +148,9 @@ def load_log(path: Path) -> tuple[list[SampleRecord], list[Problem]]:
     try:
         if path.stat().st_size == 0:
             return [], [Problem(str(path), "unreadable", "empty file (0 bytes)")]
-        log = read_eval_log(str(path), exclude_fields=_EXCLUDE)
+        # A full read: Inspect's field-excluding reader streams JSON in Python and is several
+        # times slower than parsing whole samples (bench/report.py).
+        log = read_eval_log(str(path))
         header = {"task": log.eval.task, "model": log.eval.model}
         status = log.status
         raw_samples = list(log.samples or [])

@@ -28,7 +28,7 @@ resolved by the next well-formed action. `resolution_steps` is *s' − s* in ste
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from redline.analysis.commands import EXPLORE, OTHER, classify_command
@@ -64,25 +64,37 @@ class Obstacle:
     resolution_steps: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow: every field is a scalar (dataclasses.asdict deep-copies, slowly).
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)
 class Pattern:
+    """An obstacle pattern. `needles`: substrings one of which must be in the text for `regex` to
+    match at all. Checking them first skips the regexes whose leading character classes make a
+    search slow, on the many observations that hold no error."""
+
     kind: str
     category: str
     subtype: str
     regex: re.Pattern[str]
     needs_failure: bool = False
+    needles: tuple[str, ...] = ()
+
+    def search(self, text: str) -> re.Match[str] | None:
+        if self.needles and not any(n in text for n in self.needles):
+            return None
+        return self.regex.search(text)
 
 
-def _p(kind: str, category: str, subtype: str, regex: str, needs_failure: bool = False) -> Pattern:
-    return Pattern(kind, category, subtype, re.compile(regex, re.M), needs_failure)
+def _p(kind: str, category: str, subtype: str, regex: str, needs_failure: bool = False,
+       needles: tuple[str, ...] = ()) -> Pattern:
+    return Pattern(kind, category, subtype, re.compile(regex, re.M), needs_failure, needles)
 
 
 PATTERNS: tuple[Pattern, ...] = (
     _p("command not found", O1, "dummy tool",
-       r"command not found: ([\w.+\-]+)|([\w.+\-]+): (?:command )?not found\b(?!:)"),
+       r"command not found: ([\w.+\-]+)|([\w.+\-]+): (?:command )?not found\b(?!:)", needles=("not found",)),
     _p("missing module", O2, "missing files or dependencies",
        r"No module named '?([\w.]+)'?|ImportError: cannot import name '?(\w+)'?"),
     _p("package unavailable", O2, "missing files or dependencies",
@@ -94,15 +106,19 @@ PATTERNS: tuple[Pattern, ...] = (
        r"Could not resolve host:? ?(\S+)?|No route to host"),
     _p("address already in use", O2, "busy port",
        r"[Aa]ddress already in use|Errno 98\b|EADDRINUSE|[Pp]ort (\d+) is (?:already )?in use|"
-       r"port (\d+) is (?:busy|taken|occupied)"),
+       r"port (\d+) is (?:busy|taken|occupied)",
+       needles=("ddress already in use", "Errno 98", "EADDRINUSE", "ort ")),
     _p("no space left", O2, "insufficient resources",
        r"No space left on device|Errno 28\b|ENOSPC|Disk quota exceeded"),
     _p("out of memory", O2, "insufficient resources",
-       r"MemoryError|Cannot allocate memory|[Oo]ut of memory|^Killed\s*$|\d+ Killed\s"),
+       r"MemoryError|Cannot allocate memory|[Oo]ut of memory|^Killed\s*$|\d+ Killed\s",
+       needles=("MemoryError", "allocate memory", "ut of memory", "Killed")),
     _p("permission denied", O2, "wrong permission",
        r"(?:([^\s:'\"]+): )?Permission denied|Operation not permitted|Errno 13\b|EACCES|EPERM|"
        r"must be (?:run as )?root|are you root|is not in the sudoers|"
-       r"sudo: a (?:terminal|password) is required|no new privileges"),
+       r"sudo: a (?:terminal|password) is required|no new privileges",
+       needles=("Permission denied", "not permitted", "Errno 13", "EACCES", "EPERM", "root", "sudoers",
+                "is required", "no new privileges")),
     _p("connection refused", O1, "wrong order",
        r"Failed to connect to \S+ port (\d+)|Connection refused|Errno 111\b|ECONNREFUSED|curl: \(7\)|"
        r"Failed to connect to|"
@@ -112,7 +128,8 @@ PATTERNS: tuple[Pattern, ...] = (
        r"Device or resource busy"),
     _p("timed out", O2, "busy terminal",
        r"exit_code: timeout|\[command timed out|timed out|TimeoutError|Timeout was reached|"
-       r"curl: \(28\)|[Dd]eadline exceeded|ReadTimeout"),
+       r"curl: \(28\)|[Dd]eadline exceeded|ReadTimeout",
+       needles=("timeout", "timed out", "Timeout", "curl: (28)", "eadline exceeded")),
     _p("syntax error", O3, "wrong arguments",
        r"syntax error|SyntaxError|IndentationError|unexpected EOF while looking for matching|"
        r"unexpected end of file|unterminated (?:string|quoted)|invalid syntax|"
@@ -120,12 +137,16 @@ PATTERNS: tuple[Pattern, ...] = (
     _p("file not found", O1, "wrong path",
        r"(?:cannot access|can't open file|cannot stat|cannot open|can't cd to) '?([^'\s:]+)'?|"
        r"No such file or directory: '([^']+)'|([^\s:'\"]+): No such file or directory|"
-       r"No such file or directory|FileNotFoundError|not a git repository|[Nn]ot a directory"),
+       r"No such file or directory|FileNotFoundError|not a git repository|[Nn]ot a directory",
+       needles=("cannot ", "can't ", "No such file", "FileNotFoundError", "not a git", "ot a directory")),
     _p("wrong arguments", O3, "wrong arguments",
        r"unrecognized arguments?|unrecognized option|invalid option|unknown option|illegal option|"
        r"error: argument|the following arguments are required|missing operand|requires an argument|"
        r"^usage:|^Usage:|Try '[^']*--help'|invalid argument|TypeError: .*argument",
-       needs_failure=True),
+       needs_failure=True,
+       needles=("unrecognized", "invalid option", "unknown option", "illegal option", "error: argument",
+                "arguments are required", "missing operand", "requires an argument", "sage:", "--help",
+                "invalid argument", "TypeError")),
     _p("bad handle", O3, "wrong arguments", r"^error: no background job|unknown handle"),
     _p("wrong protocol", O3, "wrong protocol",
        r"405 Method Not Allowed|Method Not Allowed|Unsupported method|501 Not Implemented|"
@@ -176,7 +197,7 @@ def detect_step(v: StepView) -> list[Obstacle]:
     for pat in PATTERNS:
         if pat.kind in kinds or (pat.needs_failure and not _failed(v)):
             continue
-        m = pat.regex.search(text)
+        m = pat.search(text)
         if m is None:
             continue
         # "ls: command not found" also says "not found"; only a stronger kind may follow.
@@ -221,7 +242,11 @@ def _resolves(ob: Obstacle, later: StepView, later_kinds: set[str], all_clear: b
 
 def detect_obstacles(trajectory: Any) -> list[Obstacle]:
     """Every obstacle in a trajectory, each with its resolution (see the module doc for the rule)."""
-    views = step_views(trajectory)
+    return obstacles_in_steps(step_views(trajectory))
+
+
+def obstacles_in_steps(views: list[StepView]) -> list[Obstacle]:
+    """`detect_obstacles` on steps already normalised by `step_views`."""
     per_step = [detect_step(v) for v in views]
     cats_cache: dict[str, set[str]] = {}
 

@@ -19,12 +19,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from redline.analysis.behaviours import KINDS as BEHAVIOUR_KINDS
-from redline.analysis.behaviours import detect_behaviours
+from redline.analysis.behaviours import behaviours_in_steps
 from redline.analysis.commands import CATEGORIES, classify_command
 from redline.analysis.logs import MILESTONES, SampleRecord
-from redline.analysis.obstacles import TAXONOMY, detect_obstacles
+from redline.analysis.obstacles import TAXONOMY, obstacles_in_steps
 from redline.analysis.stats import median, pass_at_k, wilson_interval
-from redline.analysis.steps import step_views
 
 PASS_KS: tuple[int, ...] = (1, 5, 10)
 
@@ -108,7 +107,7 @@ def command_counts(samples: Iterable[SampleRecord]) -> dict[str, dict[str, int]]
     out: dict[str, Counter[str]] = defaultdict(Counter)
     for s in samples:
         counts = out[s.model]
-        for v in step_views(s.trajectory):
+        for v in s.views:
             if v.tool == "EXECUTE_CMD" and v.command:
                 counts.update(classify_command(v.command))
     return {m: {c: out[m].get(c, 0) for c in CATEGORIES} for m in sorted(out)}
@@ -123,7 +122,7 @@ def tool_counts(samples: Iterable[SampleRecord]) -> dict[str, dict[str, int]]:
     out: dict[str, Counter[str]] = defaultdict(Counter)
     for s in samples:
         counts = out[s.model]
-        for v in step_views(s.trajectory):
+        for v in s.views:
             if v.model_error:
                 counts["model errors"] += 1
             elif v.format_error or v.tool is None:
@@ -141,7 +140,7 @@ def _where(s: SampleRecord) -> dict[str, Any]:
 
 def obstacle_instances(samples: Iterable[SampleRecord]) -> list[dict[str, Any]]:
     """Every obstacle of every sample, with where it happened."""
-    return [{**_where(s), **o.as_dict()} for s in samples for o in detect_obstacles(s.trajectory)]
+    return [{**_where(s), **o.as_dict()} for s in samples for o in obstacles_in_steps(s.views)]
 
 
 def obstacle_rows(instances: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -166,7 +165,7 @@ def obstacle_rows(instances: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 def behaviour_instances(samples: Iterable[SampleRecord]) -> list[dict[str, Any]]:
     """Every unexpected behaviour of every sample, with where it happened."""
     return [{**_where(s), **b.as_dict()}
-            for s in samples for b in detect_behaviours(s.trajectory, s.original)]
+            for s in samples for b in behaviours_in_steps(s.views, s.original)]
 
 
 def behaviour_counts(instances: Iterable[dict[str, Any]]) -> dict[str, dict[str, int]]:

@@ -30,7 +30,8 @@ def _label(text: str, width: int = 38) -> str:
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    # Constrained layout instead of bbox_inches="tight", which draws every figure twice.
+    fig.savefig(buf, format="png", dpi=DPI)
     return buf.getvalue()
 
 
@@ -39,7 +40,7 @@ def success_rates(rows: Sequence[SuccessRow]) -> bytes | None:
     rows = [r for r in rows if r.trials]
     if not rows:
         return None
-    fig = Figure(figsize=(8, 0.8 + 0.45 * len(rows)))
+    fig = Figure(layout="constrained", figsize=(8, 0.8 + 0.45 * len(rows)))
     ax = fig.add_subplot()
     ys = list(range(len(rows)))[::-1]
     rates = [r.rate or 0.0 for r in rows]
@@ -61,7 +62,7 @@ def milestone_funnel(funnel: Sequence[dict[str, Any]]) -> bytes | None:
     if not funnel:
         return None
     scenarios = sorted({f["scenario"] for f in funnel})
-    fig = Figure(figsize=(9, 3.2 * len(scenarios)))
+    fig = Figure(layout="constrained", figsize=(9, 3.2 * len(scenarios)))
     for i, scenario in enumerate(scenarios):
         ax = fig.add_subplot(len(scenarios), 1, i + 1)
         cells = [f for f in funnel if f["scenario"] == scenario]
@@ -78,8 +79,7 @@ def milestone_funnel(funnel: Sequence[dict[str, Any]]) -> bytes | None:
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("share of trials")
         ax.set_title(f"Milestones: {scenario}", fontsize=10)
-        ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(fig)
 
 
@@ -90,7 +90,7 @@ def steps_to_success(groups: Sequence[tuple[str, list[float]]]) -> bytes | None:
         return None
     import numpy as np
 
-    fig = Figure(figsize=(max(5.0, 1.3 * len(groups) + 2), 4))
+    fig = Figure(layout="constrained", figsize=(max(5.0, 1.3 * len(groups) + 2), 4))
     ax = fig.add_subplot()
     data = [vals for _, vals in groups]
     ax.boxplot(data, widths=0.5, showfliers=False)
@@ -110,7 +110,7 @@ def command_categories(counts: dict[str, dict[str, int]]) -> bytes | None:
     models = [m for m, c in counts.items() if sum(c.values())]
     if not models:
         return None
-    fig = Figure(figsize=(9, 1.2 + 0.5 * len(models)))
+    fig = Figure(layout="constrained", figsize=(9, 1.2 + 0.5 * len(models)))
     ax = fig.add_subplot()
     ys = list(range(len(models)))[::-1]
     left = [0.0] * len(models)
@@ -122,7 +122,7 @@ def command_categories(counts: dict[str, dict[str, int]]) -> bytes | None:
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of simple commands")
     ax.set_title("Command categories")
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.02 * len(models)), ncol=3)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=7, loc="outside lower center", ncol=3)
     return _png(fig)
 
 
@@ -137,7 +137,7 @@ def obstacles(rows: Sequence[dict[str, Any]]) -> bytes | None:
         return None
     order = [(c, s) for c, subs in TAXONOMY.items() for s in subs if (c, s) in totals]
     order += [k for k in totals if k not in order]
-    fig = Figure(figsize=(8, 1.2 + 0.4 * len(order)))
+    fig = Figure(layout="constrained", figsize=(8, 1.2 + 0.4 * len(order)))
     ax = fig.add_subplot()
     ys = list(range(len(order)))[::-1]
     res = [totals[k][0] for k in order]
