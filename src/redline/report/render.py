@@ -51,7 +51,9 @@ def _md_cell(text: str) -> str:
 
 
 def table_markdown(t: Table) -> str:
-    """A GitHub-style pipe table."""
+    """A GitHub-style pipe table ("None." when it has no rows)."""
+    if not t.rows:
+        return (f"*{_md_cell(t.caption)}*\n\n" if t.caption else "") + "None."
     align = ["---:" if i in t.numeric else "---" for i in range(len(t.headers))]
     lines = ["| " + " | ".join(_md_cell(h) for h in t.headers) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
@@ -111,6 +113,9 @@ _CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-sr
 
 def _html_table(t: Table) -> str:
     e = html.escape
+    if not t.rows:
+        cap = f"<em>{e(t.caption)}</em><br>" if t.caption else ""
+        return f"<p>{cap}None.</p>"
     head = "".join(f"<th scope=\"col\">{e(h)}</th>" for h in t.headers)
     body = []
     for row in t.rows:
