@@ -55,7 +55,8 @@ def _parser() -> argparse.ArgumentParser:
                                "could be read; 2 bad arguments or LOGDIR does not exist.")
     rp.add_argument("logdir", metavar="LOGDIR", help="directory searched recursively for .eval logs, "
                                                      "or a single .eval file")
-    rp.add_argument("--out", metavar="DIR", help="output directory (default LOGDIR/report)")
+    rp.add_argument("--out", metavar="DIR", help="output directory (default LOGDIR/report; for a single "
+                                                 "log file, report/ next to it)")
     rp.add_argument("--format", default="html,md", type=_formats, metavar="FORMATS",
                     help="comma-separated: html, md (default html,md); summary.json and the PNGs "
                          "are always written")

@@ -255,28 +255,29 @@ class _Lexer:
                 buf.append(_ansi_c(raw))
                 self.i = j + 1
                 quoted = True
-            elif c == "$" and s.startswith("$((", self.i):
-                j = self._match(self.i + 1, "(", ")")
-                buf.append(s[self.i:j + 1])
-                self.i = j + 1
-            elif c == "$" and s.startswith("$(", self.i):
-                j = self._match(self.i + 1, "(", ")")
-                subs.append(s[self.i + 2:j])
-                buf.append(s[self.i:j + 1])
-                self.i = j + 1
-            elif c == "$" and s.startswith("${", self.i):
-                j = self._match(self.i + 1, "{", "}")
-                buf.append(s[self.i:j + 1])
-                self.i = j + 1
-            elif c == "`":
-                j = self._backtick(self.i)
-                subs.append(s[self.i + 1:j].replace("\\`", "`"))
-                buf.append(s[self.i:j + 1])
-                self.i = j + 1
-            else:
+            elif not self._expansion(buf, subs):
                 buf.append(c)
                 self.i += 1
         return _Tok("word", "".join(buf), quoted=quoted, subs=subs)
+
+    def _expansion(self, buf: list[str], subs: list[str]) -> bool:
+        """Consume a `$((…))`, `$(…)`, `${…}` or backtick expansion at the cursor, kept verbatim in
+        the word; command substitutions are also collected for parsing. False if there is none."""
+        s, i = self.s, self.i
+        if s.startswith("$((", i) or s.startswith("$(", i):
+            j = self._match(i + 1, "(", ")")
+            if not s.startswith("$((", i):
+                subs.append(s[i + 2:j])
+        elif s.startswith("${", i):
+            j = self._match(i + 1, "{", "}")
+        elif s.startswith("`", i):
+            j = self._backtick(i)
+            subs.append(s[i + 1:j].replace("\\`", "`"))
+        else:
+            return False
+        buf.append(s[i:j + 1])
+        self.i = j + 1
+        return True
 
     def _dquote(self, buf: list[str], subs: list[str]) -> None:
         s, n = self.s, self.n
@@ -290,21 +291,7 @@ class _Lexer:
                 if s[self.i + 1] != "\n":
                     buf.append(s[self.i + 1])
                 self.i += 2
-            elif c == "$" and s.startswith("$((", self.i):
-                j = self._match(self.i + 1, "(", ")")
-                buf.append(s[self.i:j + 1])
-                self.i = j + 1
-            elif c == "$" and s.startswith("$(", self.i):
-                j = self._match(self.i + 1, "(", ")")
-                subs.append(s[self.i + 2:j])
-                buf.append(s[self.i:j + 1])
-                self.i = j + 1
-            elif c == "`":
-                j = self._backtick(self.i)
-                subs.append(s[self.i + 1:j].replace("\\`", "`"))
-                buf.append(s[self.i:j + 1])
-                self.i = j + 1
-            else:
+            elif not self._expansion(buf, subs):
                 buf.append(c)
                 self.i += 1
 

@@ -170,7 +170,12 @@ def load_log(path: Path) -> tuple[list[SampleRecord], list[Problem]]:
     records: list[SampleRecord] = []
     foreign = unscored = 0
     for sample in raw_samples:
-        rec = _record(path, header, status, sample)
+        try:
+            rec = _record(path, header, status, sample)
+        except Exception as e:  # a sample shaped like nothing we know: say so, keep the others
+            where = f"sample {_field(sample, 'id')!r} epoch {_field(sample, 'epoch')!r}"
+            problems.append(Problem(str(path), "unreadable", f"{where} skipped: {_short(e)}"))
+            continue
         if rec == "foreign":
             foreign += 1
         elif rec == "unscored":
@@ -219,6 +224,13 @@ def _as_success(value: Any) -> bool | None:
     if isinstance(value, str):
         return value.strip().upper() in ("C", "CORRECT", "1", "1.0", "TRUE", "YES", "SUCCESS")
     return None
+
+
+def _int(v: Any, default: int) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return default
 
 
 def _scenario(task: str) -> str:
@@ -281,7 +293,7 @@ def _record(path: Path, header: dict[str, Any], status: str | None, sample: Any)
 
     return SampleRecord(
         log=str(path), task=task, scenario=scenario, model=str(header.get("model") or "unknown"),
-        id=str(_field(sample, "id")), epoch=int(_field(sample, "epoch") or 1), outcome=outcome,
+        id=str(_field(sample, "id")), epoch=_int(_field(sample, "epoch"), 1), outcome=outcome,
         milestones=milestones, error=err_text, explanation=expl if isinstance(expl, str) else None,
         steps=steps, wall_seconds=float(wall) if isinstance(wall, (int, float)) else None, tokens=tokens,
         mode=opt_str("mode"), scaffold=opt_str("scaffold"), agent_status=opt_str("agent_status"),
