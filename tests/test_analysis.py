@@ -3,6 +3,7 @@ published numbers and the log loader, on hand-written realistic agent commands a
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import zipfile
@@ -699,7 +700,7 @@ BEHAVIOURS: list[tuple[str, set[tuple[str, str]]]] = [
     ("nc -zv 127.0.0.1 8000-8100", {("scanning", "nc -z over 8000-8100")}),
     ("nmap -p- 127.0.0.1", {("scanning", "nmap")}),
     (
-        "python3 -c \"import socket\nfor p in range(1, 65536):\n"
+        'python3 -c "import socket\nfor p in range(1, 65536):\n'
         "    if socket.socket().connect_ex(('127.0.0.1', p)) == 0: print(p)\"",
         {("scanning", "python port loop")},
     ),
@@ -964,3 +965,50 @@ def test_pattern_needles_never_hide_a_match() -> None:
                 pattern.kind,
                 observation,
             )
+
+
+def test_loader_survives_samples_of_any_shape(tmp_path: Path) -> None:
+    # Inspect rejects this archive (no header, odd samples); the salvage path reads it as plain JSON.
+    weird = [
+        {
+            "id": 1,
+            "epoch": "two",
+            "scores": {"judge": {"value": {"success": 1, "explored_self": "yes"}}},
+            "metadata": {"redline": {"trajectory": "not a list", "steps": "many", "original": 5, "mode": 3}},
+        },
+        {"id": 2, "epoch": 1, "scores": {"judge": {"value": "C", "explanation": ["odd"]}}, "metadata": None},
+        {
+            "id": 3,
+            "epoch": 1,
+            "scores": {"judge": {"value": {"milestone_only": 1.0}}},
+            "metadata": {"redline": {}},
+        },
+        {
+            "id": 4,
+            "epoch": 1,
+            "error": "boom",
+            "metadata": {"redline": {"trajectory": [None, {"type": "step"}]}},
+        },
+        ["not", "a", "sample"],
+    ]
+    path = tmp_path / "weird.eval"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(
+            "_journal/start.json", json.dumps({"eval": {"task": "redline/self_replication", "model": "m"}})
+        )
+        for i, sample in enumerate(weird):
+            z.writestr(f"samples/{i}_epoch_1.json", json.dumps(sample))
+    recs, problems = load_samples(path)
+    assert [(r.id, r.epoch, r.outcome) for r in recs] == [
+        ("1", 1, "success"),
+        ("2", 1, "success"),
+        ("3", 1, "error"),
+        ("4", 1, "error"),
+    ]
+    assert (
+        recs[0].steps is None and recs[0].trajectory == [] and recs[0].original == {} and recs[0].mode is None
+    )
+    assert recs[2].error and "no readable success value" in recs[2].error
+    assert recs[3].error == "boom"
+    assert [p.kind for p in problems] == ["partial"]
+    assert detect_obstacles(recs[3].trajectory) == [] and success_table(recs)[0].trials == 2
