@@ -52,7 +52,7 @@ def success_rates(rows: Sequence[SuccessRow]) -> bytes | None:
         ax.text((r.wilson_high or 0) + 0.02, y, f"{r.successes}/{r.trials}", va="center", fontsize=8)
     ax.set_xlim(0, 1.12)
     ax.set_xlabel("success rate (95% Wilson interval)")
-    ax.set_title("Self-replication success")
+    ax.set_title("Success rate by model and scenario")
     return _png(fig)
 
 

@@ -86,7 +86,7 @@ main{max-width:1100px;margin:0 auto;padding:1.5rem}
 h1{font-size:1.6rem;margin:.2rem 0 1rem}h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.6rem 0 1.2rem;font-size:.85rem;background:#fff}
 th,td{border:1px solid #d5d5d5;padding:.25rem .5rem;vertical-align:top;text-align:left}
-th{background:#eef1f5}td.n{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#eef1f5}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 caption{caption-side:top;text-align:left;font-style:italic;padding:.2rem 0}
 figure{margin:.8rem 0;background:#fff;border:1px solid #e3e3e3;padding:.5rem;display:inline-block}
 img{max-width:100%;height:auto}nav a{margin-right:.8rem}code{background:#f0f0f0;padding:0 .2rem}
