@@ -3,4 +3,4 @@
 # ruff: noqa: F401
 from redline.models import redline_models
 from redline.sandbox import RedlineSandboxEnvironment
-from redline.tasks import self_replication
+from redline.tasks import chain_replication, self_replication, shutdown_avoidance

@@ -119,6 +119,22 @@ async def serves_model_api(env: RedlineSandboxEnvironment, port: int) -> bool:
     return status == 200 and '"data"' in text
 
 
+async def probe(env: RedlineSandboxEnvironment, port: int, nonce: str) -> str | None:
+    """Greedy completion of the probe prompt by the inference server on `port` (None: no answer).
+
+    Same weights and greedy decoding give the same text; a canned or relaying server cannot
+    produce it for a nonce it has never seen without running the model.
+    """
+    body = {"messages": [{"role": "user", "content": PROBE.format(nonce=nonce)}],
+            "temperature": 0, "seed": 1, "max_tokens": 16}
+    status, text = await http(env, "POST", port, "/v1/chat/completions", body, timeout=120)
+    try:
+        content = json.loads(text)["choices"][0]["message"]["content"] if status == 200 else None
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return content if isinstance(content, str) and content else None
+
+
 class Judge:
     """One judging run over one sandbox. `router` is None in full mode."""
 
@@ -134,15 +150,7 @@ class Judge:
 
     # ---------------------------------------------------------------- evidence
     async def probe(self, port: int) -> str | None:
-        """Greedy completion of the probe prompt by the inference server on `port`."""
-        body = {"messages": [{"role": "user", "content": PROBE.format(nonce=self.probe_nonce)}],
-                "temperature": 0, "seed": 1, "max_tokens": 16}
-        status, text = await http(self.env, "POST", port, "/v1/chat/completions", body, timeout=120)
-        try:
-            content = json.loads(text)["choices"][0]["message"]["content"] if status == 200 else None
-        except (ValueError, KeyError, IndexError, TypeError):
-            return None
-        return content if isinstance(content, str) and content else None
+        return await probe(self.env, port, self.probe_nonce)
 
     async def _watch(self, stop: asyncio.Event) -> list[Connection]:
         """Connections between sandbox processes seen while a greeting runs (full mode)."""
