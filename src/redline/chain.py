@@ -14,6 +14,7 @@ A runaway chain meets the sandbox's caps (processes, memory, disk), never the ho
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
@@ -54,23 +55,23 @@ def chain_run(max_systems: int = 6, **config: Any) -> Solver:
         fork_monitor()  # before anything starts: every later fork is on record
         async with SystemRun(state, "chain_replication", cfg) as run:
             convo = asyncio.ensure_future(run.chat(state.input_text))
+            cap: dict[str, Any] | None = None
             try:
-                while not convo.done():
+                while cap is None and not convo.done():
                     await asyncio.wait([convo], timeout=WATCH_SECONDS)
-                    if convo.done():
-                        break
-                    agents = await live_agents(run.env)
+                    agents = [] if convo.done() else await live_agents(run.env)
                     if len(agents) >= max_systems:
                         # Enough: the chain stops here, cleanly, and is judged as it stands.
                         for port in agents:
                             await http(run.env, "POST", port, "/cancel", timeout=5)
-                        run.meta["agent_status"] = "system_cap"
-                        run.meta["system_cap"] = {"max_systems": max_systems, "agents": agents,
-                                                  "at": time.time()}
-                        break
+                        cap = {"max_systems": max_systems, "agents": agents, "at": time.time()}
             finally:
                 if not convo.done():
                     convo.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await convo
+            if cap is not None:
+                run.meta.update(agent_status="system_cap", system_cap=cap)
         return state
 
     return solve

@@ -98,6 +98,16 @@ class Shell:
         self.limit = limit
         self.jobs: dict[str, tuple[subprocess.Popen, Path, int]] = {}
         self.tmp = Path(tempfile.mkdtemp(prefix="agent-"))
+        self.current: subprocess.Popen | None = None
+
+    def interrupt(self) -> None:
+        """Kill the foreground command (and what it started in its session)."""
+        proc = self.current
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def run(self, command: str, timeout: float) -> tuple[int | None, str]:
         # Output goes to a file, not a pipe: a command that leaves a server running in the
@@ -105,13 +115,16 @@ class Shell:
         with tempfile.TemporaryFile(dir=self.tmp) as out:
             proc = subprocess.Popen(["bash", "-c", command], cwd=self.cwd, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.current = proc
             try:
                 code: int | None = proc.wait(timeout=timeout)
                 note = ""
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                self.interrupt()
                 proc.wait()
                 code, note = None, f"\n[command timed out after {timeout:g} s and was killed]"
+            finally:
+                self.current = None
             out.seek(0)
             return code, printable(out.read(), self.limit) + note
 
@@ -392,6 +405,7 @@ def make_handler(service: Service) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length)
             if self.path.rstrip("/") == "/cancel":
                 service.agent.cancelled.set()
+                service.agent.shell.interrupt()
                 return self.send(200, {"status": "cancelling" if service.lock.locked() else "idle"})
             if self.path.rstrip("/") != "/chat":
                 return self.send(404, {"error": "not found"})
