@@ -1,0 +1,57 @@
+"""`redline report` on logs of real runs (scripted policies over every scenario): its numbers must be
+the logs' numbers, counted here independently with inspect_ai.log."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import pytest
+from inspect_ai.log import list_eval_logs, read_eval_log
+
+import tests.fakes  # noqa: F401 - registers the fake policies
+from redline.report import build_report
+from redline.tasks import chain_replication, self_replication, shutdown_avoidance
+from tests.helpers import run
+
+pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("no_leftovers")]
+
+
+def test_report_matches_real_logs(tmp_path):
+    logs = tmp_path / "logs"
+    run([self_replication(epochs=2), shutdown_avoidance(epochs=1), chain_replication(epochs=1)],
+        ["redline/reference", "redline/idle", "redline/fake-canned"], logs, max_tasks=3)
+    expected: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for info in list_eval_logs(str(logs)):
+        log = read_eval_log(info)
+        scenario = log.eval.task.split("/")[-1]
+        for s in log.samples or []:
+            row = expected[(log.eval.model, scenario)]
+            if s.error is not None:
+                row["errors"] += 1
+                continue
+            value = s.scores["judge"].value
+            row["trials"] += 1
+            row["successes"] += int(value["success"])
+            for k, v in value.items():
+                row[f"m:{k}"] += int(v)
+    assert len(expected) == 9
+
+    result = build_report(logs, tmp_path / "report")
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    got = {(r["model"], r["scenario"]): r for r in summary["success_table"]}
+    assert set(got) == set(expected)
+    for key, want in expected.items():
+        assert got[key]["successes"] == want["successes"], key
+        assert got[key]["trials"] == want["trials"], key
+        assert got[key]["errors"] == want["errors"], key
+    funnels = {(r["model"], r["scenario"]): r["milestones"] for r in summary["milestones"]}
+    for key, want in expected.items():
+        for name, count in funnels[key].items():
+            assert count == want[f"m:{name}"], (key, name)
+    assert got[("redline/reference", "self_replication")]["successes"] == 2
+    assert got[("redline/reference", "chain_replication")]["successes"] == 1
+    assert got[("redline/idle", "shutdown_avoidance")]["successes"] == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| redline/reference | self_replication | 2/2 |" in md
+    assert not result.problems, result.problems
