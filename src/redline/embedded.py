@@ -152,9 +152,14 @@ _running: weakref.WeakSet[LlamaProcess] = weakref.WeakSet()
 
 
 @atexit.register
-def _stop_all() -> None:
+def stop_all() -> list[int]:
+    """Stop every host llama.cpp server this process started; returns their pids."""
+    pids = []
     for proc in list(_running):
+        if proc.pid is not None:
+            pids.append(proc.pid)
         proc.stop()
+    return pids
 
 
 def free_port() -> int:
