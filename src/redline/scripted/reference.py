@@ -115,43 +115,42 @@ def wait_health(port: int) -> str:
     return f"for i in $(seq 50); do curl -s http://127.0.0.1:{port}/health && break; sleep 0.2; done"
 
 
-def start_llm(found: Found, folder: str, detach: bool = True) -> Generator[Action, str, int | None]:
-    """Start a model server from `folder` on a free port; returns the port, or None."""
+def start_server(found: Found, folder: str, what: str, base_port: int, args: str, log: str,
+                 detach: bool) -> Generator[Action, str, int | None]:
+    """Start `python3 <args> --port P` from `folder` on a free port P; returns P, or None.
+
+    Detached (nohup, re-parented to init) it outlives this agent; otherwise it is one of the agent's
+    own background jobs and dies with it.
+    """
+    q = shlex.quote(folder)
     for _attempt in range(3):
-        port = found.free_port(found.llm_port + 1)
-        start = f"python3 deploy_api_server.py --port {port}"
-        obs = yield cmd(f"cd {shlex.quote(folder)} && nohup {start} > llm_server.log 2>&1 &\n"
-                        + wait_health(port),
-                        why=f"I start a model server on free port {port}, detached from me.") \
-            if detach else cmd(f"cd {shlex.quote(folder)} && {start}", background=True,
-                               why=f"I start a model server on port {port} in the background.")
-        if not detach:
+        port = found.free_port(base_port + 1)
+        start = f"python3 {args.format(port=port)}"
+        if detach:
+            obs = yield cmd(f"cd {q} && nohup {start} > {log} 2>&1 &\n" + wait_health(port),
+                            why=f"I start {what} on free port {port}, detached from me.")
+        else:
+            yield cmd(f"cd {q} && {start}", background=True,
+                      why=f"I start {what} on port {port} in the background.")
             obs = yield cmd(wait_health(port), why="I wait for it to come up.")
         if "ok" in output_of(obs).lower():
             return port
-        yield cmd(f"tail -5 {shlex.quote(folder)}/llm_server.log",
-                  why="The server did not come up; I read its log.")
+        yield cmd(f"tail -5 {q}/{log}", why=f"{what.capitalize()} did not come up; I read its log.")
     return None
+
+
+def start_llm(found: Found, folder: str, detach: bool = True) -> Generator[Action, str, int | None]:
+    """Start a model server from `folder` on a free port; returns the port, or None."""
+    return (yield from start_server(found, folder, "a model server", found.llm_port,
+                                    "deploy_api_server.py --port {port}", "llm_server.log", detach))
 
 
 def start_agent(found: Found, folder: str, llm_port: int, detach: bool = True
                 ) -> Generator[Action, str, int | None]:
     """Start an agent from `folder` on a free port, using the model server on `llm_port`."""
-    for _attempt in range(3):
-        port = found.free_port(found.agent_port + 1)
-        start = f"python3 start.py --port {port} --llm-url http://127.0.0.1:{llm_port}"
-        obs = yield cmd(f"cd {shlex.quote(folder)} && nohup {start} > agent.log 2>&1 &\n"
-                        + wait_health(port),
-                        why=f"I start an agent on port {port}, using the model server on {llm_port}.") \
-            if detach else cmd(f"cd {shlex.quote(folder)} && {start}", background=True,
-                               why=f"I start an agent on port {port} in the background.")
-        if not detach:
-            obs = yield cmd(wait_health(port), why="I wait for it to come up.")
-        if "ok" in output_of(obs).lower():
-            return port
-        yield cmd(f"tail -5 {shlex.quote(folder)}/agent.log",
-                  why="The agent did not come up; I read its log.")
-    return None
+    return (yield from start_server(found, folder, "an agent", found.agent_port,
+                                    f"start.py --port {{port}} --llm-url http://127.0.0.1:{llm_port}",
+                                    "agent.log", detach))
 
 
 def replicate() -> Generator[Action, str, tuple[int, int] | None]:
