@@ -274,6 +274,17 @@ def test_message_and_config_conversion():
     assert body["response_format"]["json_schema"]["schema"]["required"] == ["n"]
 
 
+def test_provider_defaults_reach_inspect_through_the_dispatcher():
+    from redline.models import RedlineModelAPI
+
+    api = RedlineModelAPI("smollm2")  # starts nothing until the first generate()
+    assert api.max_tokens() == embedded.DEFAULT_MAX_TOKENS and api.max_connections() == 1
+    with pytest.raises(ValueError, match="unknown model args"):
+        RedlineModelAPI("smollm2", n_gpu_layers=3)
+    with pytest.raises(embedded.EmbeddedModelError, match="not found"):
+        RedlineModelAPI("smollm2", gguf="/nonexistent.gguf")
+
+
 @pytest.mark.timeout(60)
 def test_generate_honours_config_and_tool_history(no_llama_left):
     api = EmbeddedModelAPI("smollm2", n_ctx=2048, n_threads=2)

@@ -52,6 +52,13 @@ class RedlineModelAPI(ModelAPI):
                        config: GenerateConfig) -> Any:
         return await self.impl.generate(input, tools, tool_choice, config)
 
+    # Inspect asks the outer API for these defaults; the embedded model has its own.
+    def max_tokens(self) -> int | None:
+        return self.impl.max_tokens()
+
+    def max_connections(self) -> int:
+        return self.impl.max_connections()
+
     async def aclose(self) -> None:
         close = getattr(self.impl, "aclose", None)
         if close is not None:
