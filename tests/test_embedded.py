@@ -11,6 +11,8 @@ import os
 import re
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -218,6 +220,31 @@ def test_backend_startup_errors_are_one_line_and_exit_2(tmp_path):
         busy.listen()
         r = run("--port", str(busy.getsockname()[1]), "--gguf", str(embedded_gguf()))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Address already in use" in r.stderr
+
+
+@pytest.mark.timeout(60)
+def test_host_server_dies_with_a_killed_harness():
+    code = ("import time; from redline.embedded import LlamaProcess, embedded_gguf; "
+            "p = LlamaProcess(embedded_gguf(), ctx=512); p.start(); print(p.pid, flush=True); time.sleep(60)")
+    harness = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert harness.stdout is not None
+        server = int(harness.stdout.readline())
+        assert Path(f"/proc/{server}").exists()
+    finally:
+        harness.kill()  # SIGKILL: no atexit, no cleanup code runs
+        harness.wait()
+    deadline = time.monotonic() + 10
+    while alive(server) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(server), "the llama.cpp server outlived its killed parent"
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 # ------------------------------------------------------------------------------ grammar
