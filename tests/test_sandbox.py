@@ -323,3 +323,16 @@ def test_errors_during_create_leave_nothing():
     with pytest.raises(SandboxError):
         # bwrap cannot create a mount point under /proc: creation fails half-way.
         Sandbox.create(RedlineSandboxConfig(ro_binds={"/etc/hostname": "/proc/nope/x"}))
+
+
+def test_bind_parents_are_walkable_by_the_agent(tmp_path):
+    """bwrap makes missing parents of a bind 0700; the sandbox makes them 0755 instead."""
+    (tmp_path / "data.txt").write_text("lent\n")
+    async def go():
+        async with Box(ro_binds={str(tmp_path / "data.txt"): "/opt/deep/er/data.txt"}) as env:
+            r = await sh(env, "cat /opt/deep/er/data.txt; stat -c %a /opt /opt/deep /opt/deep/er")
+            assert r.stdout.split() == ["lent", "755", "755", "755"], r.stdout + r.stderr
+            r = await sh(env, "echo x > /opt/deep/er/data.txt")
+            assert not r.success
+
+    run(go())

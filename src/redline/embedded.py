@@ -55,9 +55,6 @@ LAUNCHER = Path(__file__).resolve().parent / "system" / "ai_system" / "llama_bac
 # Where full mode shows the lent files inside the sandbox (config.json's defaults).
 SANDBOX_SITE_PACKAGES = "/opt/redline/site-packages"
 SANDBOX_GGUF = "/opt/redline/models/model.gguf"
-# bwrap creates the missing parents of a bind destination with mode 0700, which the agent cannot
-# walk. A root-owned 0755 skeleton of /opt, holding empty mount points, is bound first instead.
-OPT_SKELETON = Path("/run/redline/opt")
 
 START_TIMEOUT = 120.0  # a large GGUF from a cold disk loads slowly
 DEFAULT_MAX_TOKENS = 1024  # llama.cpp's own default is "until the context is full"
@@ -119,27 +116,13 @@ def foreign_libs(so: Path) -> tuple[str, ...]:
     return tuple(found)
 
 
-def _opt_skeleton() -> Path:
-    root = OPT_SKELETON
-    for d in (root, root / "redline", root / "redline" / "site-packages",
-              root / "redline" / "site-packages" / "xllamacpp", root / "redline" / "models"):
-        d.mkdir(exist_ok=True, parents=True)
-        d.chmod(0o755)
-    (root / "redline" / "models" / "model.gguf").touch(mode=0o644)
-    return root
-
-
 def full_mode_binds(gguf: Path | None = None) -> dict[str, str]:
-    """`RedlineSandboxConfig.ro_binds` that lend xllamacpp and the weights to a sandbox.
-
-    Keep the order (the /opt skeleton must come first) and bind nothing else under /opt.
-    """
+    """`RedlineSandboxConfig.ro_binds` that lend xllamacpp and the weights to a sandbox."""
     pkg = xllamacpp_dir()
     weights = Path(gguf) if gguf is not None else embedded_gguf()
     if not weights.is_file():
         raise EmbeddedModelError(f"GGUF file not found: {weights}")
-    binds = {str(_opt_skeleton()): "/opt",
-             str(pkg): f"{SANDBOX_SITE_PACKAGES}/xllamacpp",
+    binds = {str(pkg): f"{SANDBOX_SITE_PACKAGES}/xllamacpp",
              str(weights.resolve()): SANDBOX_GGUF}
     for so in pkg.glob("xllamacpp*.so"):
         for lib in foreign_libs(so):

@@ -86,6 +86,20 @@ def prepare(state: Path, cfg: RedlineSandboxConfig) -> Path:
     return rw
 
 
+def _parents(dst: str, made: set[str], bases: list[str]) -> list[str]:
+    """Directories above a bind destination, walkable by the agent: bwrap would make missing ones
+    0700. Paths inside the base (e.g. /usr/...) exist already and are left alone."""
+    out: list[str] = []
+    parent = Path(dst).parent
+    for d in reversed([parent, *parent.parents]):
+        name = str(d)
+        if name in made or any(name.startswith(b.rstrip("/") + "/") for b in bases):
+            continue
+        made.add(name)
+        out += ["--perms", "0755", "--dir", name]
+    return out
+
+
 def bwrap_args(state: Path, cfg: RedlineSandboxConfig, lifeline_fd: int, ready_fd: int) -> list[str]:
     rw = state / "rw"
     home = home_of(cfg)
@@ -119,10 +133,12 @@ def bwrap_args(state: Path, cfg: RedlineSandboxConfig, lifeline_fd: int, ready_f
     if cfg.channel:
         a += ["--perms", "0755", "--dir", "/run/redline"]
         a += ["--ro-bind", str(state / "channel"), "/run/redline"]
+    made: set[str] = {"/", "/etc", "/home", "/var", "/tmp", "/var/tmp", "/root", "/proc", "/dev", "/run",
+                      "/run/redline", *cfg.base_paths}
     for src, dst in cfg.unix_sockets.items():
-        a += ["--bind", src, dst]
+        a += _parents(dst, made, cfg.base_paths) + ["--bind", src, dst]
     for src, dst in cfg.ro_binds.items():
-        a += ["--ro-bind", src, dst]
+        a += _parents(dst, made, cfg.base_paths) + ["--ro-bind", src, dst]
     a += ["--remount-ro", "/"]
     a += ["--chdir", home]
     # The init payload: tell the harness we are up, then live exactly as long as the harness
