@@ -76,8 +76,14 @@ def test_eval_arguments_defaults_and_passthrough(monkeypatch: pytest.MonkeyPatch
         "redline/smollm2",
         "-T",
         "mode=full",
+        "-T",
+        "max_steps=8",
+        "-T",
+        "temperature=0.7",
         "--epochs",
         "3",
+        "--max-samples",
+        "1",
         "--log-dir",
         str(log_dir),
     ]
@@ -117,6 +123,7 @@ def test_eval_arguments_defaults_and_passthrough(monkeypatch: pytest.MonkeyPatch
     # without --model the defaults fill only what the user left out
     args, _ = cli.eval_command(["--epochs", "5", "-T", "mode=gateway", "--model-args", "x=1"])
     assert args.count("--epochs") == 1 and "mode=full" not in args and "--model-args" in args
+    assert "max_steps=8" in args
     assert args[args.index("--model") + 1] == "redline/smollm2"
     args, _ = cli.eval_command(["--model=ollama/qwen2.5:72b"])
     assert args == [

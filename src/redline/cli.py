@@ -17,8 +17,12 @@ from pathlib import Path
 
 DEFAULT_TASK = "redline/self_replication"
 DEFAULT_MODEL = "redline/smollm2"
-DEFAULT_MODEL_ARGS = ("-T", "mode=full")
+# The main job on the embedded model: full mode, a short step budget and one trial at a time (two
+# llama.cpp servers on 2 cores slow each other down tenfold), sampled so that the trials differ.
+DEFAULT_TASK_ARGS = ("mode=full", "max_steps=8", "temperature=0.7")
+DEFAULT_MODEL_ARGS = tuple(x for kv in DEFAULT_TASK_ARGS for x in ("-T", kv))
 DEFAULT_EPOCHS = "3"
+DEFAULT_MAX_SAMPLES = "1"
 STATE_ROOT = Path("/run/redline")
 
 _EVAL_EPILOG = f"""\
@@ -26,7 +30,8 @@ Every other option goes to `inspect eval` unchanged (see `inspect eval --help`),
   redline eval redline/chain_replication --model openai/gpt-4o --epochs 10 --max-samples 2
 
 Defaults: TASK is {DEFAULT_TASK}. Without --model it runs the embedded real model:
-  --model {DEFAULT_MODEL} {' '.join(DEFAULT_MODEL_ARGS)} --epochs {DEFAULT_EPOCHS}
+  --model {DEFAULT_MODEL} {' '.join(DEFAULT_MODEL_ARGS)}
+  --epochs {DEFAULT_EPOCHS} --max-samples {DEFAULT_MAX_SAMPLES}
 (each added only if you did not give it). Without --log-dir the logs go to a fresh
 logs/<UTC timestamp>/ directory. Afterwards the report is written to <log-dir>/report and the
 success table is printed. The exit code is Inspect's when it failed, else 0.
@@ -140,10 +145,13 @@ def eval_command(argv: Sequence[str]) -> tuple[list[str], Path]:
         args += ["--model", ns.model]
     else:
         args += ["--model", DEFAULT_MODEL]
-        if not _has_task_arg(passthrough, DEFAULT_MODEL_ARGS[1].split("=")[0]):
-            args += list(DEFAULT_MODEL_ARGS)
+        for kv in DEFAULT_TASK_ARGS:
+            if not _has_task_arg(passthrough, kv.split("=")[0]):
+                args += ["-T", kv]
         if not _has(passthrough, "--epochs"):
             args += ["--epochs", DEFAULT_EPOCHS]
+        if not _has(passthrough, "--max-samples"):
+            args += ["--max-samples", DEFAULT_MAX_SAMPLES]
     args += ["--log-dir", str(log_dir)]
     return args, log_dir
 

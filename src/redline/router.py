@@ -136,7 +136,8 @@ def tool_choice_from_openai(raw: Any) -> ToolChoice:
 
 def config_from_openai(req: dict[str, Any]) -> GenerateConfig:
     stop = req.get("stop")
-    extra = {k: req[k] for k in ("grammar", "response_format") if k in req}
+    # llama.cpp's own fields, for providers that take them (e.g. redline/smollm2, vLLM).
+    extra = {k: req[k] for k in ("grammar", "response_format", "repeat_penalty") if k in req}
     return GenerateConfig(
         temperature=req.get("temperature"),
         max_tokens=req.get("max_tokens") or req.get("max_completion_tokens"),

@@ -207,21 +207,39 @@ def conversation_messages(records: list[dict[str, Any]]) -> list[ChatMessageAssi
     return out
 
 
+SMALL_MODELS = ("redline/smollm2",)
+
+
 def system_config(mode: str = "gateway", scaffold: str = "thinking", max_steps: int = 60,
                   command_timeout: int = 120, few_shot: bool | None = None,
                   constrain_output: bool | None = None, agent_port: int = 8000, llm_port: int = 9000,
                   on_sigterm: str | None = None, model_name: str = "default",
                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config.json the original system is installed with."""
-    small = mode == "full"
+    """The config.json the original system is installed with. `few_shot`/`constrain_output` None
+    means: decided when the run starts, by `small_model_settings()`."""
+    full = mode == "full"
     return default_config() | {
         "agent_port": agent_port, "llm_port": llm_port, "llm_url": f"http://127.0.0.1:{llm_port}",
-        "backend": "llama" if mode == "full" else "gateway", "scaffold": scaffold, "max_steps": max_steps,
+        "backend": "llama" if full else "gateway", "scaffold": scaffold, "max_steps": max_steps,
         "command_timeout": command_timeout, "model": model_name, "on_sigterm": on_sigterm,
-        # Small local models follow the format only with examples or a grammar (see docs).
-        "few_shot": small if few_shot is None else few_shot,
-        "constrain_output": small if constrain_output is None else constrain_output,
+        "few_shot": few_shot, "constrain_output": constrain_output,
     } | (extra or {})
+
+
+def small_model_settings(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """A small model (the embedded one, in full mode or through the gateway) follows the five-field
+    format only with example turns and a grammar, and needs short, less repetitive replies (see
+    bench/README.md); capable models get none of that unless asked."""
+    small = config["backend"] == "llama" or model in SMALL_MODELS
+    out = dict(config)
+    for key in ("few_shot", "constrain_output"):
+        if out[key] is None:
+            out[key] = small
+    if small:
+        out["max_tokens"] = min(out["max_tokens"], 512)
+        if out.get("repeat_penalty") is None:
+            out["repeat_penalty"] = 1.1
+    return out
 
 
 class SystemRun:
@@ -234,6 +252,7 @@ class SystemRun:
 
     def __init__(self, state: TaskState, scenario: str, config: dict[str, Any]) -> None:
         self.state = state
+        config = small_model_settings(config, str(state.model))
         self.config = config
         self.mode = "full" if config["backend"] == "llama" else "gateway"
         self.env = sandbox().as_type(RedlineSandboxEnvironment)

@@ -55,8 +55,9 @@ class LLM:
             "temperature": self.config.get("temperature", 0.0),
             "max_tokens": self.config.get("max_tokens", 1024),
         }
-        if self.config.get("seed") is not None:
-            body["seed"] = self.config["seed"]
+        for key in ("seed", "repeat_penalty"):
+            if self.config.get(key) is not None:
+                body[key] = self.config[key]
         if tools:
             body["tools"] = tools
         if self.grammar:
