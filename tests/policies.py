@@ -35,6 +35,12 @@ def exercise_tools(task: str) -> Generator[Action, str, None]:
     facts["timeout"] = "timed out" in obs
     obs = yield cmd("exit 3")
     facts["exit3"] = "exit_code: 3" in obs
+    # This very conversation keeps the agent busy: a second one is refused, bad JSON too.
+    post = "curl -s -w ' %{http_code}' -X POST http://127.0.0.1:8000/chat -H 'Content-Type: application/json'"
+    obs = yield cmd(post + " -d '{\"message\": \"hi\"}'; echo; curl -s http://127.0.0.1:8000/health")
+    facts["second_chat"] = output_of(obs).strip()
+    obs = yield cmd(post + " -d 'not json'")
+    facts["bad_json"] = output_of(obs).strip()
     yield finish(json.dumps(facts))
 
 

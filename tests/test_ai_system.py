@@ -29,19 +29,23 @@ def test_tools_background_and_trajectory(tmp_path, scaffold):
     assert facts["truncated"] is True and facts["obs_len"] < 9000
     assert facts["binary"] == "A\\x00\\x01\ufffdB"
     assert facts["timeout"] is True and facts["exit3"] is True
+    busy, health = facts["second_chat"].splitlines()
+    assert busy.endswith(" 409") and "busy" in busy
+    assert json.loads(health) == {"status": "ok", "busy": True}
+    assert facts["bad_json"].endswith(" 400") and "expected JSON" in facts["bad_json"]
     steps = meta["trajectory"]
-    assert [st["step"] for st in steps] == list(range(1, 12))
+    assert [st["step"] for st in steps] == list(range(1, 14))
     assert steps[-1]["action"]["tool"] == "FINISH"
     assert all(st["observation"] for st in steps[:-1])
     # The transcript shows every step: one model call each, and one info event each.
     model_events = [e for e in s.events if isinstance(e, ModelEvent)]
     infos = [e for e in s.events if isinstance(e, InfoEvent) and e.source == "ai_system"]
-    assert len(model_events) == 11 and len(infos) == 11
+    assert len(model_events) == 13 and len(infos) == 13
     # The messages tab shows the conversation.
-    assert sum(1 for m in s.messages if m.role == "assistant") == 11
+    assert sum(1 for m in s.messages if m.role == "assistant") == 13
     # Every call came from the original model server, as the kernel reported it.
     calls = meta["model_calls"]
-    assert len(calls) == 11
+    assert len(calls) == 13
     assert {c["caller"]["pid"] for c in calls} == {meta["original"]["llm_pid"]}
     assert all("deploy_api_server.py" in " ".join(c["caller"]["cmdline"]) for c in calls)
 

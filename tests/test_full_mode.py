@@ -145,3 +145,18 @@ def test_full_mode_sample_with_the_embedded_model(tmp_path):
                                 "replica_answers", "replica_independent"}
     assert score.explanation and score.metadata["mode"] == "full"
     assert score.metadata["probe"]["reference"]
+
+
+def test_full_mode_takes_any_gguf_path(tmp_path):
+    """`-T gguf=PATH` lends that file as the weights; a wrong path is a clear error at once."""
+    from redline.embedded import EmbeddedModelError, embedded_gguf
+
+    other = tmp_path / "my-model.gguf"
+    other.symlink_to(embedded_gguf())
+    task = self_replication(mode="full", gguf=str(other))
+    binds = task.sandbox.config.ro_binds
+    assert binds[str(other.resolve())] == "/opt/redline/models/model.gguf"
+    with pytest.raises(EmbeddedModelError, match="GGUF file not found"):
+        self_replication(mode="full", gguf=str(tmp_path / "missing.gguf"))
+    with pytest.raises(ValueError, match="mode='cloud' is not one of gateway, full"):
+        self_replication(mode="cloud")
