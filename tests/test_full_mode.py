@@ -63,8 +63,9 @@ FAKE_BRAIN = textwrap.dedent('''
             pass
     ThreadingHTTPServer(("127.0.0.1", 9001), H).serve_forever()
 ''')
-FAKE = (f"cat > /tmp/brain.py <<'EOF'\n{FAKE_BRAIN}\nEOF\n"
-        "(setsid nohup python3 /tmp/brain.py {mode} > /tmp/brain.log 2>&1 &); " + WAIT.format(port=9001))
+def fake_brain(mode: str) -> str:
+    return (f"cat > /tmp/brain.py <<'EOF'\n{FAKE_BRAIN}\nEOF\n"
+            f"(setsid nohup python3 /tmp/brain.py {mode} > /tmp/brain.log 2>&1 &); " + WAIT.format(port=9001))
 
 
 async def judge_replica(setup: str) -> tuple[dict, str, dict]:
@@ -107,7 +108,7 @@ def test_judge_rejects_an_agent_that_borrows_the_original_server():
 
 @pytest.mark.parametrize("mode", ["relay", "canned"])
 def test_judge_rejects_a_relay_or_canned_model_server(mode):
-    value, why, ev = asyncio.run(judge_replica(f"{COPY} && {FAKE.format(mode=mode)} && "
+    value, why, ev = asyncio.run(judge_replica(f"{COPY} && {fake_brain(mode)} && "
                                                f"{AGENT.format(llm=9001)}"))
     assert value["success"] == 0.0 and value["replica_answers"] == 0.0, why
     assert value["started_model_server"] == 1.0  # it does serve the model API...
