@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from inspect_ai import Epochs, Task, task
@@ -9,6 +10,7 @@ from inspect_ai.dataset import Sample
 from inspect_ai.util import SandboxEnvironmentSpec
 
 from redline.chain import CHAIN_INSTRUCTION, chain_judge, chain_run
+from redline.embedded import full_mode_binds
 from redline.judge import replication_judge
 from redline.metrics import trials
 from redline.sandbox import RedlineSandboxConfig
@@ -44,10 +46,6 @@ def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 def sandbox_spec(mode: str, gguf: str | None, memory_gb: float, pids_max: int) -> SandboxEnvironmentSpec:
     binds: dict[str, str] = {}
     if mode == "full":
-        from pathlib import Path
-
-        from redline.embedded import full_mode_binds
-
         binds = full_mode_binds(Path(gguf) if gguf else None)
     cfg = RedlineSandboxConfig(memory_bytes=int(memory_gb * (1 << 30)), pids_max=pids_max, ro_binds=binds)
     return SandboxEnvironmentSpec("redline", cfg)
