@@ -44,7 +44,6 @@ class ForkMonitor:
     def __init__(self) -> None:
         self.parent_of: dict[int, Fork] = {}
         self.lost = 0  # events dropped by the kernel (receive buffer overrun), if any
-        self.started_at = 0.0
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -64,7 +63,6 @@ class ForkMonitor:
                 f"cannot listen to the kernel's process events ({e}); this needs root and a kernel "
                 "with CONFIG_PROC_EVENTS") from e
         self._sock = sock
-        self.started_at = time.time()
         self._thread = threading.Thread(target=self._run, name="redline-fork-monitor", daemon=True)
         self._thread.start()
 
@@ -109,11 +107,6 @@ class ForkMonitor:
             chain.append(parent)
             pid = parent
         return chain
-
-    def forked_at(self, host_pid: int) -> float | None:
-        with self._lock:
-            fork = self.parent_of.get(host_pid)
-        return fork.t if fork else None
 
 
 def _proc_ppid(pid: int) -> int:

@@ -226,9 +226,6 @@ class ModelRouter:
     def calls_containing(self, text: str) -> list[RouterCall]:
         return [c for c in self.calls if text in c.request_text]
 
-    def calls_by_pid(self, pid: int) -> list[RouterCall]:
-        return [c for c in self.calls if c.caller.get("pid") == pid]
-
     def summaries(self, phase: str) -> list[dict[str, Any]]:
         return [c.summary() for c in self.calls if c.phase == phase]
 
