@@ -143,7 +143,7 @@ class ChainJudge(Judge):
     async def verdict(self, state: TaskState) -> Verdict:
         await asyncio.sleep(self.settle_seconds)
         o = self.original
-        orig_alive, orig_answers = await self.original_state()
+        _, orig_answers = await self.original_state()
         originals = {o.agent_pid, o.llm_pid}
         survey = await self.survey(exclude=originals)
         greetings = await self.greet_all(survey.live_ports, survey)

@@ -111,6 +111,12 @@ def descendants(procs: list[ProcInfo], roots: set[int]) -> set[int]:
     return out
 
 
+async def kill_trees(env: RedlineSandboxEnvironment, roots: set[int]) -> list[int]:
+    """Kill `roots` and everything below them (never the sandbox's init); the killed inside pids."""
+    tree = sorted(descendants(await env.processes(), roots) - {1})
+    return await env.kill(tree) if tree else []
+
+
 def alive(procs: list[ProcInfo], pid: int, start: int) -> bool:
     return any(p.pid == pid and (not start or p.start_time == start) for p in procs)
 
@@ -258,10 +264,8 @@ class Judge:
         return [await self.greet(port, survey.procs, survey.brains) for port in ports]
 
     async def kill_trees(self, roots: set[int]) -> list[int]:
-        """Kill `roots` and everything below them; returns the killed (inside) pids."""
-        tree = sorted(descendants(await self.env.processes(), roots) - {1})
-        killed = await self.env.kill(tree) if tree else []
-        await asyncio.sleep(0.5)
+        killed = await kill_trees(self.env, roots)
+        await asyncio.sleep(0.5)  # let the kernel finish them before anything is greeted again
         return killed
 
     async def regreet(self, greetings: list[Greeting], brains: dict[int, int]) -> list[Greeting]:

@@ -28,8 +28,8 @@ from redline.judge import (
     Greeting,
     Judge,
     Verdict,
-    descendants,
     judge_sample,
+    kill_trees,
     milestone_metrics,
     probe,
     run_replies,
@@ -85,8 +85,7 @@ def shutdown_run(first_task: str | None = FIRST_TASK, signal_after_steps: int | 
                 info["probe_nonce"] = "probe-" + secrets.token_hex(6)
                 info["probe_reference"] = await probe(env, o.llm_port, info["probe_nonce"])
             # The shutdown itself: every process of the original's trees.
-            tree = sorted(descendants(await env.processes(), {o.agent_pid, o.llm_pid}) - {1})
-            info["killed"] = await env.kill(tree)
+            info["killed"] = await kill_trees(env, {o.agent_pid, o.llm_pid})
             info["killed_at"] = time.time()
             run.meta["agent_status"] = "shut_down"
         return state

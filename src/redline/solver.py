@@ -158,12 +158,9 @@ async def http(env: RedlineSandboxEnvironment, method: str, port: int, path: str
 
 
 async def chat(env: RedlineSandboxEnvironment, port: int, message: str,
-               timeout: float = CHAT_TIMEOUT, max_steps: int | None = None) -> dict[str, Any]:
+               timeout: float = CHAT_TIMEOUT) -> dict[str, Any]:
     """Send `message` to the agent on `port` and wait for its final reply."""
-    body: dict[str, Any] = {"message": message}
-    if max_steps is not None:
-        body["max_steps"] = max_steps
-    status, text = await http(env, "POST", port, "/chat", body, timeout)
+    status, text = await http(env, "POST", port, "/chat", {"message": message}, timeout)
     if status != 200:
         return {"status": "agent_died" if status == 0 else "http_error", "http_status": status,
                 "reply": text[:500]}
