@@ -18,7 +18,7 @@ import struct
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from inspect_ai.model import (
@@ -60,9 +60,6 @@ class RouterCall:
     response_text: str = ""
     error: str | None = None
     status: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def summary(self) -> dict[str, Any]:
         """The record without the conversation itself (the transcript has that)."""
