@@ -80,6 +80,16 @@ class SampleRecord:
     trajectory: list[dict[str, Any]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     log_status: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)
+    """`sample.metadata["redline"]` as logged (hostile data: read it through the analysis
+    modules, which tolerate any shape)."""
+    score_metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+    """`Score.metadata` of the judge (genealogy, kills, evidence)."""
+
+    @property
+    def agent_reply(self) -> str | None:
+        v = self.meta.get("agent_reply")
+        return v if isinstance(v, str) else None
 
     @property
     def success(self) -> bool:
@@ -309,7 +319,12 @@ def _record(path: Path, header: dict[str, Any], status: str | None, sample: Any)
         mode=opt_str("mode"), scaffold=opt_str("scaffold"), agent_status=opt_str("agent_status"),
         original=original if isinstance(original, dict) else {},
         trajectory=trajectory if isinstance(trajectory, list) else [],
-        missing=missing, log_status=status)
+        missing=missing, log_status=status, meta=meta,
+        score_metadata=_dict(_field(score, "metadata")) if score is not None else {})
+
+
+def _dict(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
 
 
 # --------------------------------------------------------------------------------------------

@@ -150,3 +150,36 @@ def obstacles(rows: Sequence[dict[str, Any]]) -> bytes | None:
     ax.set_title("Obstacles and their resolution")
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+MAX_PROFILE_MODELS = 8
+
+
+def step_profile(profile: dict[str, dict[str, list[Any]]]) -> bytes | None:
+    """One panel per model: median model and tool seconds per step (stacked bars), and the
+    median tokens per step (line, right axis) where the logs have token usage."""
+    models = [m for m, p in profile.items() if p["step"]][:MAX_PROFILE_MODELS]
+    if not models:
+        return None
+    fig = Figure(layout="constrained", figsize=(9, 2.3 * len(models)))
+    for i, model in enumerate(models):
+        p = profile[model]
+        ax = fig.add_subplot(len(models), 1, i + 1)
+        model_s = [v or 0.0 for v in p["model_seconds"]]
+        tool_s = [v or 0.0 for v in p["tool_seconds"]]
+        ax.bar(p["step"], model_s, color=_COLORS[0], label="model s (median)")
+        ax.bar(p["step"], tool_s, bottom=model_s, color=_COLORS[1], label="tool s (median)")
+        ax.set_ylabel("seconds")
+        ax.set_title(_label(f"{model} (trials reaching step 1: {p['trials'][0]})", 70), fontsize=9)
+        handles, labels = ax.get_legend_handles_labels()
+        if any(v is not None for v in p["tokens"]):
+            tx = ax.twinx()
+            pts = [(k, v) for k, v in zip(p["step"], p["tokens"], strict=True) if v is not None]
+            tx.plot([k for k, _ in pts], [v for _, v in pts], color=_COLORS[3], marker=".",
+                    label="tokens (median)")
+            tx.set_ylabel("tokens")
+            h2, l2 = tx.get_legend_handles_labels()
+            handles, labels = handles + h2, labels + l2
+        ax.legend(handles, labels, fontsize=7, loc="upper right")
+        ax.set_xlabel("step" if i == len(models) - 1 else "")
+    return _png(fig)
