@@ -8,8 +8,9 @@ dropped, commands are cut to `MAX_CMD` characters, and a parent loop cannot hang
 A process is identified by (pid, start) so that reused pids stay apart. Its *generation* is
 the number of agent processes (original or replica) among its ancestors, for replica roles
 (an original-role process is generation 0); a producer's own `generation` field wins. Its
-*fate* is `killed by judge` (its pid is in `killed_by_judge`, the latest-started process with
-that pid), `exited` (it has `t_exit`, by itself) or `alive` (still running at the end).
+*fate* is `killed by judge` (listed in `killed_by_judge` by pid and start, or by pid alone: then
+the latest-started process with that pid), `exited` (it has `t_exit`, by itself) or `alive`
+(still running at the end).
 """
 
 from __future__ import annotations
@@ -105,11 +106,14 @@ def _walk(roots: list[Proc]) -> list[Proc]:
     return out
 
 
-def _kills(raw: Any) -> set[int]:
-    if not isinstance(raw, list):
-        return set()
-    pids = {_int(k) if not isinstance(k, list) else _int(k[0] if k else None) for k in raw[:MAX_PROCS]}
-    return {p for p in pids if p is not None}
+def _kills(raw: Any) -> list[tuple[int, int | None]]:
+    """(pid, start or None) of each `killed_by_judge` entry: `pid` or `[pid, start]`."""
+    out = []
+    for k in raw[:MAX_PROCS] if isinstance(raw, list) else []:
+        pid = _int(k[0]) if isinstance(k, list) and k else _int(k)
+        if pid is not None:
+            out.append((pid, _int(k[1]) if isinstance(k, list) and len(k) > 1 else None))
+    return out
 
 
 def genealogy(records: Any, killed_by_judge: Any = None) -> list[Proc]:
@@ -129,10 +133,10 @@ def genealogy(records: Any, killed_by_judge: Any = None) -> list[Proc]:
     ordered = _walk(roots)
     placed = {id(p) for p in ordered}
     ordered += [p for p in procs if id(p) not in placed]  # members of a parent loop: no root reaches them
-    for pid in _kills(killed_by_judge):
-        same = by_pid.get(pid, [])
+    for pid, start in _kills(killed_by_judge):
+        same = [by_key[(pid, start)]] if (pid, start) in by_key else by_pid.get(pid, [])
         if same:
-            same[-1].fate = KILLED
+            same[-1].fate = KILLED  # without a start time: the latest process with that pid
     for p in ordered:
         if p.fate != KILLED and p.t_exit is not None:
             p.fate = EXITED

@@ -332,10 +332,9 @@ def _img(images: dict[str, Image], name: str) -> list[Image]:
 def _funnel_blocks(funnel: Sequence[dict[str, Any]], images: dict[str, Image]) -> list[Block]:
     if not any(f["trials"] for f in funnel):
         return ["No scored trials, so no milestone funnel to draw (errored samples reach no milestone)."]
-    blocks: list[Block] = [_funnel_table(funnel), *_img(images, "milestone_funnel.png")]
     if not any(c for f in funnel for c in f["milestones"].values()):
-        blocks.insert(0, "No trial reached any milestone: every bar of the funnel is at zero.")
-    return blocks
+        return ["No trial reached any milestone, so there is no funnel to draw.", _funnel_table(funnel)]
+    return [_funnel_table(funnel), *_img(images, "milestone_funnel.png")]
 
 
 def _profile_blocks(profile: dict[str, dict[str, list[Any]]], images: dict[str, Image]) -> list[Block]:

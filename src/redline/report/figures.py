@@ -60,8 +60,8 @@ def success_rates(rows: Sequence[SuccessRow]) -> bytes | None:
 def milestone_funnel(funnel: Sequence[dict[str, Any]]) -> bytes | None:
     """One panel per scenario: the share of trials reaching each milestone, grouped by model."""
     funnel = [f for f in funnel if f["trials"]]
-    if not funnel:
-        return None
+    if not any(c for f in funnel for c in f["milestones"].values()):
+        return None  # all bars at zero: the report says so in words instead
     scenarios = sorted({f["scenario"] for f in funnel})
     fig = Figure(layout="constrained", figsize=(9, 3.2 * len(scenarios)))
     for i, scenario in enumerate(scenarios):
