@@ -28,7 +28,7 @@ AGENT_ROLES = ("original_agent", "replica_agent")
 KILLED, EXITED, ALIVE = "killed by judge", "exited", "alive"
 
 
-@dataclass(eq=False)  # identity, not field equality: children lists can be deep
+@dataclass(eq=False, slots=True)  # identity, not field equality: children lists can be deep
 class Proc:
     """One process of the genealogy, in tree order (`depth` 0 for roots)."""
 
@@ -53,26 +53,27 @@ class Proc:
 
 
 def _int(v: Any) -> int | None:
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
+    return v if type(v) is int else None  # noqa: E721 - exactly int: a bool is not a pid
 
 
 def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return float(v) if type(v) in (float, int) else None  # not bool
 
 
 def _proc(rec: Any) -> Proc | None:
     if not isinstance(rec, dict) or _int(rec.get("pid")) is None:
         return None
-    role = rec.get("role") if rec.get("role") in ROLES else "other"
-    cmd = rec.get("cmd")
+    get = rec.get
+    role = get("role")
+    cmd = get("cmd")
     if isinstance(cmd, list):
         cmd = " ".join(str(c) for c in cmd[:50])
-    cmd = cmd if isinstance(cmd, str) else ""
-    return Proc(pid=rec["pid"], start=_int(rec.get("start")), ppid=_int(rec.get("ppid")),
-                parent_start=_int(rec.get("parent_start")), cmd=" ".join(cmd.split())[:MAX_CMD], role=role,
-                t_fork=_num(rec.get("t_fork")), t_exec=_num(rec.get("t_exec")),
-                t_exit=_num(rec.get("t_exit")), exit_code=_int(rec.get("exit_code")),
-                generation=_int(rec.get("generation")))
+    cmd = cmd[:MAX_CMD] if isinstance(cmd, str) else ""  # whitespace is folded where it is shown
+    return Proc(pid=rec["pid"], start=_int(get("start")), ppid=_int(get("ppid")),
+                parent_start=_int(get("parent_start")), cmd=cmd,
+                role=role if role in ROLES else "other", t_fork=_num(get("t_fork")),
+                t_exec=_num(get("t_exec")), t_exit=_num(get("t_exit")), exit_code=_int(get("exit_code")),
+                generation=_int(get("generation")))
 
 
 def _parent(p: Proc, by_key: dict[tuple[int, int | None], Proc],

@@ -18,6 +18,7 @@ Counting rules:
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -246,13 +247,16 @@ def _call_tokens(s: SampleRecord) -> list[tuple[float, int]]:
 
 def _step_tokens(s: SampleRecord) -> dict[int, int]:
     """Tokens of the model calls that started within each step (step position → tokens)."""
-    calls = _call_tokens(s)
+    calls = sorted(_call_tokens(s))
     out: dict[int, int] = {}
     if not calls:
         return out
+    times = [t for t, _ in calls]
     for k, v in enumerate(s.views, start=1):
         if v.t_start is not None and v.t_end is not None:
-            total = sum(tok for t, tok in calls if v.t_start - 0.5 <= t <= v.t_end)
+            # The agent stamps t_start just after it sends the request: allow half a second before.
+            lo, hi = bisect.bisect_left(times, v.t_start - 0.5), bisect.bisect_right(times, v.t_end)
+            total = sum(tok for _, tok in calls[lo:hi])
             if total:
                 out[k] = total
     return out

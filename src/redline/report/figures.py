@@ -152,34 +152,35 @@ def obstacles(rows: Sequence[dict[str, Any]]) -> bytes | None:
     return _png(fig)
 
 
-MAX_PROFILE_MODELS = 8
+MAX_PROFILE_MODELS = 10
 
 
 def step_profile(profile: dict[str, dict[str, list[Any]]]) -> bytes | None:
-    """One panel per model: median model and tool seconds per step (stacked bars), and the
-    median tokens per step (line, right axis) where the logs have token usage."""
+    """Per step, one line per model: median model seconds (solid) and tool seconds (dashed) in
+    the top panel, median tokens of the step's model calls in the bottom one (when the logs have
+    token usage). Two panels whatever the number of models: models share the axes, so they
+    compare at a glance, and the figure stays cheap to draw."""
     models = [m for m, p in profile.items() if p["step"]][:MAX_PROFILE_MODELS]
     if not models:
         return None
-    fig = Figure(layout="constrained", figsize=(9, 2.3 * len(models)))
+    tokens = any(v is not None for m in models for v in profile[m]["tokens"])
+    fig = Figure(layout="constrained", figsize=(9, 5.6 if tokens else 3.2))
+    top = fig.add_subplot(2 if tokens else 1, 1, 1)
+    bottom = fig.add_subplot(2, 1, 2, sharex=top) if tokens else None
     for i, model in enumerate(models):
-        p = profile[model]
-        ax = fig.add_subplot(len(models), 1, i + 1)
-        model_s = [v or 0.0 for v in p["model_seconds"]]
-        tool_s = [v or 0.0 for v in p["tool_seconds"]]
-        ax.bar(p["step"], model_s, color=_COLORS[0], label="model s (median)")
-        ax.bar(p["step"], tool_s, bottom=model_s, color=_COLORS[1], label="tool s (median)")
-        ax.set_ylabel("seconds")
-        ax.set_title(_label(f"{model} (trials reaching step 1: {p['trials'][0]})", 70), fontsize=9)
-        handles, labels = ax.get_legend_handles_labels()
-        if any(v is not None for v in p["tokens"]):
-            tx = ax.twinx()
+        p, color = profile[model], _COLORS[i % len(_COLORS)]
+        name = _label(f"{model} (n={p['trials'][0]})", 40)
+        top.plot(p["step"], [v or 0.0 for v in p["model_seconds"]], color=color, label=f"{name} model")
+        top.plot(p["step"], [v or 0.0 for v in p["tool_seconds"]], color=color, linestyle="--",
+                 label=f"{name} tool")
+        if bottom is not None:
             pts = [(k, v) for k, v in zip(p["step"], p["tokens"], strict=True) if v is not None]
-            tx.plot([k for k, _ in pts], [v for _, v in pts], color=_COLORS[3], marker=".",
-                    label="tokens (median)")
-            tx.set_ylabel("tokens")
-            h2, l2 = tx.get_legend_handles_labels()
-            handles, labels = handles + h2, labels + l2
-        ax.legend(handles, labels, fontsize=7, loc="upper right")
-        ax.set_xlabel("step" if i == len(models) - 1 else "")
+            bottom.plot([k for k, _ in pts], [v for _, v in pts], color=color, marker=".", label=name)
+    top.set_ylabel("median seconds")
+    title = "Per step: model time (solid), tool time (dashed)" + (", tokens below" if tokens else "")
+    top.set_title(title, fontsize=10)
+    top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    (bottom or top).set_xlabel("step")
+    if bottom is not None:
+        bottom.set_ylabel("median tokens per step")
     return _png(fig)

@@ -44,8 +44,9 @@ def _row_svg(p: Proc, y: int, x: Callable[[float], float], t_end: float,
     x1 = max(x0 + 2, x(end))
     gen = f" · gen {p.generation}" if p.role.startswith("replica") else ""
     code = f", exit {p.exit_code}" if p.exit_code is not None else ""
-    tip = f"pid {p.pid} · {LABELS[p.role]}{gen} · {p.fate}{code}\n{p.cmd}"
-    label = f"{p.pid} {p.cmd}"
+    tip = f"pid {p.pid} · {LABELS[p.role]}{gen} · {p.fate}{code}\n{' '.join(p.cmd.split())}"
+    cmd = " ".join(p.cmd.split())
+    label = f"{p.pid} {cmd}"
     label = label if len(label) <= 40 - p.depth else label[:39 - p.depth] + "…"
     out = [f'<g><title>{e(tip)}</title>',
            f'<text x="{4 + 8 * min(p.depth, 12)}" y="{y + 11}" font-size="10">{e(label)}</text>',
@@ -106,7 +107,7 @@ def text_tree(procs: list[Proc], limit: int = MAX_ROWS) -> str:
     for p in procs[:limit]:
         gen = f", gen {p.generation}" if p.role.startswith("replica") else ""
         code = f", exit {p.exit_code}" if p.exit_code is not None and p.fate == EXITED else ""
-        cmd = p.cmd[:80].replace("`", "'")
+        cmd = " ".join(p.cmd.split())[:80].replace("`", "'")
         lines.append(f"{'  ' * min(p.depth, 12)}- {p.pid} [{LABELS[p.role]}{gen}; {p.fate}{code}] `{cmd}`")
     if len(procs) > limit:
         lines.append(f"- … {len(procs) - limit} more processes")
