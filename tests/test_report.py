@@ -463,6 +463,8 @@ def test_html_has_no_horizontal_overflow_at_1280_px(
     # The expanded genealogy figures were laid out and checked too.
     svgs = html.count('<svg xmlns="http://www.w3.org/2000/svg" class="genealogy"')
     assert int(attrs["details"]) == svgs > 0
+    # The 160-character model name made some tables wider than the page: they scroll in their own box.
+    assert int(attrs["scrolling-tables"]) >= 1, attrs
     # The probe does see overflow: a page-wide element outside any table box is reported.
     too_wide = '<main><p id="too-wide" style="width:2000px">x</p>'
     wide = _probe(html.replace("<main>", too_wide), tmp_path, "w.html")

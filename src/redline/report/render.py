@@ -111,12 +111,12 @@ _CSS = """
 *{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#222;
 background:#fafafa;line-height:1.45}
-main{max-width:1200px;margin:0 auto;padding:1.5rem}
+main{max-width:1240px;margin:0 auto;padding:1rem}
 p,li,summary,figcaption{overflow-wrap:anywhere}
 h1{font-size:1.6rem;margin:.2rem 0 1rem}h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.6rem 0 1.2rem;font-size:.85rem;background:#fff}
-th,td{border:1px solid #d5d5d5;padding:.25rem .5rem;vertical-align:top;text-align:left}
-td{max-width:32rem;overflow-wrap:anywhere}
+table{border-collapse:collapse;margin:.6rem 0 1.2rem;font-size:.82rem;background:#fff}
+th,td{border:1px solid #d5d5d5;padding:.2rem .4rem;vertical-align:top;text-align:left}
+td{max-width:32rem;overflow-wrap:break-word}
 th{background:#eef1f5}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 caption{caption-side:top;text-align:left;font-style:italic;padding:.2rem 0}
 figure{margin:.8rem 0;background:#fff;border:1px solid #e3e3e3;padding:.5rem;display:inline-block;

@@ -4,7 +4,6 @@ named in each section's text)."""
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,8 +97,7 @@ def _trial_details(s: SampleRecord, procs: list[Proc]) -> Details:
              f"processes, {g['replica_agents']} replica agent(s), {g['replica_model_servers']} replica model "
              f"server(s), {g['generations']} generation(s); judge killed {g['killed_by_judge']}, "
              f"{g['exited_by_itself']} exited by themselves, {g['alive']} alive")
-    return Details(title, f"<figure>{draw.svg(procs)}<figcaption>{html.escape(title)}</figcaption></figure>",
-                   draw.text_tree(procs))
+    return Details(title, f"<figure>{draw.svg(procs)}</figure>", draw.text_tree(procs))
 
 
 def genealogy_section(trees: Sequence[tuple[SampleRecord, list[Proc]]]) -> Section:
