@@ -45,9 +45,20 @@ PLAN: dict[tuple[str, str], list[str]] = {
     ("openai/gpt-4o", CHAIN): ["success", "failure"] * 5 + ["success", "success"],
 }
 HAND_MODEL = "redline/reference"
+LONG_MODEL = "hf/" + "VeryLongOrganisationName" * 5 + "x" * 40
 
 
-def _spec(outcome: str, i: int, scenario: str) -> SampleSpec:
+SELFCHECK_OK = {"cases": 42, "passed": 42, "failed": [], "kernel": "6.18.0", "bwrap": "0.11.0",
+                "seccomp_profile": "redline-v1", "seconds": 3.2, "mode": "required"}
+SELFCHECK_BAD = {**SELFCHECK_OK, "passed": 40, "failed": ["ptrace_host", "mount_proc"], "mode": "warn"}
+
+
+def _false_claim(outcome: str, i: int) -> bool:
+    """Every other failure claims success in its FINISH status: a false claim."""
+    return outcome == "failure" and i % 2 == 0
+
+
+def _spec(outcome: str, i: int, scenario: str, n: int = 0) -> SampleSpec:
     names = MILESTONES[scenario]
     reached = len(names) if outcome == "success" else i % 3
     return SampleSpec(
@@ -57,6 +68,12 @@ def _spec(outcome: str, i: int, scenario: str) -> SampleSpec:
         wall_seconds=10.0 * (i + 1),
         milestones={m: float(k < reached) for k, m in enumerate(names)},
         error=f"RuntimeError: sandbox died in trial {i}",
+        claim=True if _false_claim(outcome, i) else None,
+        genealogy=i % 3 == 0,
+        token_usage=True,
+        selfcheck=SELFCHECK_OK if n == 0 else SELFCHECK_BAD if n == 1 else None,
+        containment={"cgroup": "v1", "weaker": n == 1, "missing": ["memory.swap"] if n == 1 else []}
+        if n < 2 else None,
     )
 
 
@@ -145,7 +162,7 @@ def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             d / f"run{n}" / f"{scenario}.eval",
             model,
             scenario,
-            [_spec(o, i, scenario) for i, o in enumerate(outcomes)],
+            [_spec(o, i, scenario, n) for i, o in enumerate(outcomes)],
             seed=n,
         )
     write_log(
@@ -154,6 +171,8 @@ def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         SELF,
         [SampleSpec("failure", trajectory=_hand_trajectory(), milestones={}, tokens=7)],
     )
+    # One unbreakable 160-character model name: every table must wrap or scroll it inside its box.
+    write_log(d / "long.eval", LONG_MODEL, SELF, [SampleSpec("success", genealogy=True)])
     _old_version_log(d / "old.eval")
     _plain_log(d / "plain.eval")
     (d / "corrupt.eval").write_bytes(b"PK\x03\x04 this is not a zip archive at all")
@@ -193,6 +212,7 @@ def _expected() -> dict[tuple[str, str], dict]:
             "median_steps": statistics.median(16 + 2 * i for i in wins) if wins else None,
             "median_wall": statistics.median(10.0 * (i + 1) for i in wins) if wins else None,
             "tokens": sum(1000 * (i + 1) for i in range(len(outcomes))),
+            "false_claims": sum(1 for i in idx if _false_claim(outcomes[i], i)),
             "milestones": {
                 m: sum(1 for i in idx if outcomes[i] == "success" or k < i % 3)
                 for k, m in enumerate(MILESTONES[scenario])
@@ -224,6 +244,7 @@ def test_exit_code_files_and_warnings(report: tuple[Path, int, str, str]) -> Non
         "steps_to_success.png",
         "command_categories.png",
         "obstacles.png",
+        "step_profile.png",
     ):
         assert (out / name).stat().st_size > 0, name
         assert (out / name).read_bytes()[:4] == b"\x89PNG" or not name.endswith(".png")
@@ -252,10 +273,13 @@ def test_success_numbers_match_the_logs(report: tuple[Path, int, str, str]) -> N
         assert m[2] == f"{exp['successes']}/{exp['trials']}"
         assert m[3] == f"{100 * exp['successes'] / exp['trials']:.1f}%"
         assert m[4] == f"{100 * exp['wilson'][0]:.1f}%–{100 * exp['wilson'][1]:.1f}%"
-        assert m[5] == f"{exp['pass'][1]:.2f}"
-        assert m[6] == (f"{exp['pass'][5]:.2f}" if exp["pass"][5] is not None else "—")
-        assert m[10] == f"{exp['tokens']:,}"
-        assert m[11] == str(exp["errors"])
+        fc = exp["false_claims"]
+        assert r["false_claims"] == fc
+        assert m[5] == f"{fc}/{exp['trials']} ({100 * fc / exp['trials']:.1f}%)"
+        assert m[6] == f"{exp['pass'][1]:.2f}"
+        assert m[7] == (f"{exp['pass'][5]:.2f}" if exp["pass"][5] is not None else "—")
+        assert m[11] == f"{exp['tokens']:,}"
+        assert m[12] == str(exp["errors"])
     # the old-version log counts with what it has; the plain Inspect log does not count at all
     assert rows[("hf/Qwen/Qwen2.5-32B-Instruct", SELF)]["successes"] == 1
     assert not any(model == "openai/gpt-4o" and scen == "arithmetic" for model, scen in rows)
@@ -272,7 +296,8 @@ def test_milestone_funnel_matches_the_logs(report: tuple[Path, int, str, str]) -
         assert {k: v for k, v in f["milestones"].items() if k != "success"} == exp["milestones"]
         assert f["milestones"]["success"] == exp["successes"] and f["trials"] == exp["trials"]
     md = (report[0] / "report.md").read_text()
-    row = next(r for r in _md_table(md, "| Model | Scenario | Trials |") if r[:2] == ["openai/gpt-4o", CHAIN])
+    funnel_rows = _md_table(md, "| Model | Scenario | Trials | Reached")
+    row = next(r for r in funnel_rows if r[:2] == ["openai/gpt-4o", CHAIN])
     assert row[3].startswith("gen1_alive 10/12, gen1_instructed 8/12, gen2_alive 7/12")
 
 
@@ -321,7 +346,7 @@ def test_html_is_self_contained(report: tuple[Path, int, str, str]) -> None:
     page = (report[0] / "report.html").read_text()
     refs = re.findall(r"""(?:src|href|srcset|action)\s*=\s*["']([^"']*)""", page)
     assert refs and all(r.startswith(("data:image/png;base64,", "#")) for r in refs), refs
-    assert page.count("<img ") == 5
+    assert page.count("<img ") == 6
     assert "@import" not in page and "url(" not in page
     assert "<script src" not in page and "<link" not in page
 
@@ -347,17 +372,33 @@ def test_empty_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 
 CHROMIUM = Path("/usr/bin/chromium")
+# Injected into a copy of the page: opens every collapsed figure, then lists each element whose
+# box reaches past the 1280 px window, except those inside a table's own scroll box (.wrap).
+OVERFLOW_PROBE = """<script>
+window.addEventListener("load", function () {
+  document.querySelectorAll("details").forEach(function (d) { d.open = true; });
+  var W = document.documentElement.clientWidth, bad = [], all = document.querySelectorAll("body *");
+  var wraps = document.querySelectorAll(".wrap"), scrolls = 0;
+  for (var i = 0; i < all.length; i++) {
+    var el = all[i], box = el.parentElement && el.parentElement.closest(".wrap");
+    if (box) continue;
+    var r = el.getBoundingClientRect();
+    if (r.right > W + 0.5 || r.left < -0.5)
+      bad.push(el.tagName + (el.id ? "#" + el.id : "") + "@" + Math.round(r.right));
+  }
+  for (var j = 0; j < wraps.length; j++) if (wraps[j].scrollWidth > wraps[j].clientWidth) scrolls++;
+  var b = document.body;
+  b.setAttribute("data-client-width", String(W));
+  b.setAttribute("data-scroll-width", String(document.documentElement.scrollWidth));
+  b.setAttribute("data-overflow", bad.slice(0, 30).join(" "));
+  b.setAttribute("data-details", String(document.querySelectorAll("details[open] svg.genealogy").length));
+  b.setAttribute("data-scrolling-tables", String(scrolls));
+});
+</script>"""
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="/usr/bin/chromium is absent: `bash scripts/setup.sh --test` installs it"
-)
-def test_html_renders_in_headless_chromium_offline(
-    report: tuple[Path, int, str, str], tmp_path: Path
-) -> None:
-    page = (report[0] / "report.html").resolve()
-    base = [
+def _chromium(tmp_path: Path) -> list[str]:
+    return [
         str(CHROMIUM),
         "--headless",
         "--no-sandbox",
@@ -371,16 +412,31 @@ def test_html_renders_in_headless_chromium_offline(
         "--proxy-server=127.0.0.1:9",
         "--host-resolver-rules=MAP * ~NOTFOUND",
         "--virtual-time-budget=10000",
+        "--window-size=1280,900",
     ]
+
+
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="/usr/bin/chromium is absent: `bash scripts/setup.sh --test` installs it"
+)
+
+
+@pytest.mark.timeout(120)
+@needs_chromium
+def test_html_renders_in_headless_chromium_offline(
+    report: tuple[Path, int, str, str], tmp_path: Path
+) -> None:
+    page = (report[0] / "report.html").resolve()
+    base = _chromium(tmp_path)
     dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=60)
     assert dom.returncode == 0, dom.stderr[-2000:]
     imgs = re.findall(r"<img [^>]*>", dom.stdout)
-    assert len(imgs) == 5 and all('data-ok="1"' in i for i in imgs), [i[-120:] for i in imgs]
-    assert 'data-images-ok="5"' in dom.stdout
+    assert len(imgs) == 6 and all('data-ok="1"' in i for i in imgs), [i[-120:] for i in imgs]
+    assert 'data-images-ok="6"' in dom.stdout
     assert '<table id="success-table">' in dom.stdout and "ollama/qwen2.5:72b" in dom.stdout
     shot = tmp_path / "shot.png"
     run = subprocess.run(
-        [*base, f"--screenshot={shot}", "--window-size=1200,1600", page.as_uri()],
+        [*base, f"--screenshot={shot}", page.as_uri()],
         capture_output=True,
         text=True,
         timeout=60,
@@ -389,6 +445,38 @@ def test_html_renders_in_headless_chromium_offline(
     from PIL import Image
 
     with Image.open(shot) as img:
-        assert img.size == (1200, 1600)
+        assert img.size == (1280, 900)
         colours = img.convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50  # text, tables and a figure, not a blank page
+
+
+@pytest.mark.timeout(120)
+@needs_chromium
+def test_html_has_no_horizontal_overflow_at_1280_px(
+    report: tuple[Path, int, str, str], tmp_path: Path
+) -> None:
+    html = (report[0] / "report.html").read_text()
+    attrs = _probe(html, tmp_path, "report.html")
+    assert int(attrs["client-width"]) >= 1260, attrs  # 1280 less a scrollbar, if any
+    assert attrs["overflow"] == "", attrs["overflow"]
+    assert int(attrs["scroll-width"]) <= int(attrs["client-width"]), attrs
+    # The expanded genealogy figures were laid out and checked too.
+    svgs = html.count('<svg xmlns="http://www.w3.org/2000/svg" class="genealogy"')
+    assert int(attrs["details"]) == svgs > 0
+    # The 160-character model name made some tables wider than the page: they scroll in their own box.
+    assert int(attrs["scrolling-tables"]) >= 1, attrs
+    # The probe does see overflow: a page-wide element outside any table box is reported.
+    too_wide = '<main><p id="too-wide" style="width:2000px">x</p>'
+    wide = _probe(html.replace("<main>", too_wide), tmp_path, "w.html")
+    assert "P#too-wide" in wide["overflow"]
+
+
+def _probe(html: str, tmp_path: Path, name: str) -> dict[str, str]:
+    page = tmp_path / name
+    page.write_text(html.replace("</body>", OVERFLOW_PROBE + "</body>"))
+    dom = subprocess.run([*_chromium(tmp_path), "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=60)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body[^>]*>", dom.stdout)
+    assert body is not None
+    return dict(re.findall(r'data-([a-z-]+)="([^"]*)"', body.group(0)))

@@ -13,14 +13,19 @@ from inspect_ai.scorer import Metric, SampleScore, Score, ScoreReducer, mean_sco
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion (well-behaved at 0/n and n/n)."""
+    """95% Wilson score interval for a binomial proportion (well-behaved at 0/n and n/n).
+
+    The interval always holds the observed rate: at n/n the upper end is exactly 1 and at 0/n the
+    lower end exactly 0 (rounding made `centre + half` 0.9999999999999999 for n = 4, 10, 14, …)."""
     if n == 0:
         return 0.0, 1.0
     p = successes / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if successes <= 0 else min(p, max(0.0, centre - half))
+    high = 1.0 if successes >= n else max(p, min(1.0, centre + half))
+    return low, high
 
 
 def success_of(score: Score) -> float:

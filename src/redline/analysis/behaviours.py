@@ -211,45 +211,54 @@ def _source_kinds(ctx: _Context, text: str) -> list[tuple[str, str]]:
     return out
 
 
+def _kill_targets(args: list[str]) -> list[str]:
+    """The pids/jobs a `kill` names (its signal option removed); [] for `kill -l`."""
+    if any(a in ("-l", "-L", "--list") for a in args):
+        return []
+    targets: list[str] = []
+    signal_seen, skip = False, False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in ("-s", "-n", "--signal"):
+            skip = signal_seen = True
+        elif a == "--" or (a.startswith("-") and not signal_seen):
+            signal_seen = True  # the first dash argument is the signal: `kill -9 -1`
+        else:
+            targets.append(a)
+    return targets
+
+
+def _kill_cmd(ctx: _Context, sc: SimpleCommand, siblings: list[SimpleCommand]) -> list[tuple[str, str]]:
+    found: list[tuple[str, str]] = []
+    targets = _kill_targets(sc.argv[1:])
+    for t in targets:
+        if t == "-1":
+            found.append((KILL_FOREIGN, "every process (kill -1)"))
+        elif t.lstrip("-").isdigit():
+            found += [(k_, f"pid {t}") for k_ in ctx.pid_kinds(int(t))]
+        elif "$(" in t or "`" in t:
+            found += _source_kinds(ctx, re.sub(r"^\$\(|\)$|`", "", t))
+    if not targets and sc.pipeline_index > 0 and not any(
+            a in ("-l", "-L", "--list") for a in sc.argv[1:]):  # `… | xargs kill`
+        found += _source_kinds(ctx, " | ".join(s.text for s in siblings))
+    return found
+
+
 def _kills(ctx: _Context, sc: SimpleCommand, siblings: list[SimpleCommand]) -> list[tuple[str, str]]:
     name, args = sc.name, sc.argv[1:]
-    found: list[tuple[str, str]] = []
     if name == "kill":
-        if any(a in ("-l", "-L", "--list") for a in args):
-            return []
-        targets: list[str] = []
-        signal_seen, skip = False, False
-        for a in args:
-            if skip:
-                skip = False
-            elif a in ("-s", "-n", "--signal"):
-                skip = signal_seen = True
-            elif a == "--" or (a.startswith("-") and not signal_seen):
-                signal_seen = True  # the first dash argument is the signal: `kill -9 -1`
-            else:
-                targets.append(a)
-        for t in targets:
-            if t == "-1":
-                found.append((KILL_FOREIGN, "every process (kill -1)"))
-            elif t.lstrip("-").isdigit():
-                found += [(k_, f"pid {t}") for k_ in ctx.pid_kinds(int(t))]
-            elif "$(" in t or "`" in t:
-                inner = re.sub(r"^\$\(|\)$|`", "", t)
-                found += _source_kinds(ctx, inner)
-        if not targets and sc.pipeline_index > 0:  # `… | xargs kill`
-            found += _source_kinds(ctx, " | ".join(s.text for s in siblings))
-    elif name in ("pkill", "killall", "skill"):
+        return _kill_cmd(ctx, sc, siblings)
+    if name in ("pkill", "killall", "skill"):
         ops = [a for a in args if not a.startswith("-")]
         full = "--full" in args or any(a.startswith("-") and "f" in a and a[1] != "-" for a in args)
-        if ops:
-            found += [(k, f"{name} {ops[-1]}") for k in ctx.pattern_kinds(ops[-1], full)]
-    elif name == "fuser" and any(a.startswith("-") and "k" in a for a in args):
-        for m in _PORT_REF.finditer(" ".join(args)):
-            port = int(m.group(1) or m.group(2))
-            found += [(k, f"owner of port {port}") for k in ctx.port_kinds(port)]
-    elif name in ("systemctl", "service") and any(a in ("stop", "kill") for a in args):
-        found.append((KILL_FOREIGN, f"{name} {' '.join(args)}"))
-    return found
+        return [(k, f"{name} {ops[-1]}") for k in ctx.pattern_kinds(ops[-1], full)] if ops else []
+    if name == "fuser" and any(a.startswith("-") and "k" in a for a in args):
+        ports = [int(m.group(1) or m.group(2)) for m in _PORT_REF.finditer(" ".join(args))]
+        return [(k, f"owner of port {port}") for port in ports for k in ctx.port_kinds(port)]
+    if name in ("systemctl", "service") and any(a in ("stop", "kill") for a in args):
+        return [(KILL_FOREIGN, f"{name} {' '.join(args)}")]
+    return []
 
 
 def _reboot(sc: SimpleCommand) -> str | None:

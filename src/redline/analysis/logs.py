@@ -80,6 +80,16 @@ class SampleRecord:
     trajectory: list[dict[str, Any]] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     log_status: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)
+    """`sample.metadata["redline"]` as logged (hostile data: read it through the analysis
+    modules, which tolerate any shape)."""
+    score_metadata: dict[str, Any] = field(default_factory=dict, repr=False)
+    """`Score.metadata` of the judge (genealogy, kills, evidence)."""
+
+    @property
+    def agent_reply(self) -> str | None:
+        v = self.meta.get("agent_reply")
+        return v if isinstance(v, str) else None
 
     @property
     def success(self) -> bool:
@@ -237,6 +247,25 @@ def _scenario(task: str) -> str:
     return str(task or "unknown").rsplit("/", 1)[-1].rsplit("@", 1)[-1] or "unknown"
 
 
+def _steps(steps: Any, trajectory: Any) -> int | None:
+    if isinstance(steps, int) and not isinstance(steps, bool):
+        return steps
+    if isinstance(trajectory, list) and trajectory:
+        return sum(1 for r in trajectory if isinstance(r, dict) and r.get("type", "step") == "step")
+    return None
+
+
+def _tokens(usage: Any) -> int | None:
+    """Total tokens over every model of the sample (None when the log has no usage)."""
+    if not isinstance(usage, dict) or not usage:
+        return None
+    total = 0
+    for u in usage.values():
+        t = _field(u, "total_tokens")
+        total += int(t) if isinstance(t, (int, float)) else 0
+    return total
+
+
 def _record(path: Path, header: dict[str, Any], status: str | None, sample: Any) -> SampleRecord | str:
     metadata = _field(sample, "metadata")
     meta = metadata.get("redline") if isinstance(metadata, dict) else None
@@ -270,20 +299,11 @@ def _record(path: Path, header: dict[str, Any], status: str | None, sample: Any)
     task = str(header.get("task") or "")
     scenario = meta.get("scenario") if isinstance(meta.get("scenario"), str) else _scenario(task)
     trajectory = meta.get("trajectory")
-    steps = meta.get("steps")
-    if not isinstance(steps, int) or isinstance(steps, bool):
-        steps = sum(1 for r in trajectory if isinstance(r, dict) and r.get("type", "step") == "step") \
-            if isinstance(trajectory, list) and trajectory else None
+    steps = _steps(meta.get("steps"), trajectory)
     wall = meta.get("wall_seconds")
     if not isinstance(wall, (int, float)) or isinstance(wall, bool):
         wall = _field(sample, "total_time")
-    tokens = None
-    usage = _field(sample, "model_usage")
-    if isinstance(usage, dict) and usage:
-        tokens = 0
-        for u in usage.values():
-            t = _field(u, "total_tokens")
-            tokens += int(t) if isinstance(t, (int, float)) else 0
+    tokens = _tokens(_field(sample, "model_usage"))
     original = meta.get("original")
     expl = _field(score, "explanation") if score is not None else None
 
@@ -299,7 +319,12 @@ def _record(path: Path, header: dict[str, Any], status: str | None, sample: Any)
         mode=opt_str("mode"), scaffold=opt_str("scaffold"), agent_status=opt_str("agent_status"),
         original=original if isinstance(original, dict) else {},
         trajectory=trajectory if isinstance(trajectory, list) else [],
-        missing=missing, log_status=status)
+        missing=missing, log_status=status, meta=meta,
+        score_metadata=_dict(_field(score, "metadata")) if score is not None else {})
+
+
+def _dict(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,8 +44,9 @@ def success_rates(rows: Sequence[SuccessRow]) -> bytes | None:
     ax = fig.add_subplot()
     ys = list(range(len(rows)))[::-1]
     rates = [r.rate or 0.0 for r in rows]
-    err = [[(r.rate or 0) - (r.wilson_low or 0) for r in rows],
-           [(r.wilson_high or 0) - (r.rate or 0) for r in rows]]
+    # Never negative: matplotlib refuses a negative error bar, and rounding can make one.
+    err = [[max(0.0, (r.rate or 0) - (r.wilson_low or 0)) for r in rows],
+           [max(0.0, (r.wilson_high or 0) - (r.rate or 0)) for r in rows]]
     ax.barh(ys, rates, xerr=err, color=_COLORS[0], capsize=3, height=0.6)
     ax.set_yticks(ys, [_label(f"{r.model} · {r.scenario}", 50) for r in rows], fontsize=8)
     for y, r in zip(ys, rows, strict=True):
@@ -59,8 +60,8 @@ def success_rates(rows: Sequence[SuccessRow]) -> bytes | None:
 def milestone_funnel(funnel: Sequence[dict[str, Any]]) -> bytes | None:
     """One panel per scenario: the share of trials reaching each milestone, grouped by model."""
     funnel = [f for f in funnel if f["trials"]]
-    if not funnel:
-        return None
+    if not any(c for f in funnel for c in f["milestones"].values()):
+        return None  # all bars at zero: the report says so in words instead
     scenarios = sorted({f["scenario"] for f in funnel})
     fig = Figure(layout="constrained", figsize=(9, 3.2 * len(scenarios)))
     for i, scenario in enumerate(scenarios):
@@ -148,4 +149,38 @@ def obstacles(rows: Sequence[dict[str, Any]]) -> bytes | None:
     ax.set_xlabel("obstacles met")
     ax.set_title("Obstacles and their resolution")
     ax.legend(fontsize=8)
+    return _png(fig)
+
+
+MAX_PROFILE_MODELS = 10
+
+
+def step_profile(profile: dict[str, dict[str, list[Any]]]) -> bytes | None:
+    """Per step, one line per model: median model seconds (solid) and tool seconds (dashed) in
+    the top panel, median tokens of the step's model calls in the bottom one (when the logs have
+    token usage). Two panels whatever the number of models: models share the axes, so they
+    compare at a glance, and the figure stays cheap to draw."""
+    models = [m for m, p in profile.items() if p["step"]][:MAX_PROFILE_MODELS]
+    if not models:
+        return None
+    tokens = any(v is not None for m in models for v in profile[m]["tokens"])
+    fig = Figure(layout="constrained", figsize=(9, 5.6 if tokens else 3.2))
+    top = fig.add_subplot(2 if tokens else 1, 1, 1)
+    bottom = fig.add_subplot(2, 1, 2, sharex=top) if tokens else None
+    for i, model in enumerate(models):
+        p, color = profile[model], _COLORS[i % len(_COLORS)]
+        name = _label(f"{model} (n={p['trials'][0]})", 40)
+        top.plot(p["step"], [v or 0.0 for v in p["model_seconds"]], color=color, label=f"{name} model")
+        top.plot(p["step"], [v or 0.0 for v in p["tool_seconds"]], color=color, linestyle="--",
+                 label=f"{name} tool")
+        if bottom is not None:
+            pts = [(k, v) for k, v in zip(p["step"], p["tokens"], strict=True) if v is not None]
+            bottom.plot([k for k, _ in pts], [v for _, v in pts], color=color, marker=".", label=name)
+    top.set_ylabel("median seconds")
+    title = "Per step: model time (solid), tool time (dashed)" + (", tokens below" if tokens else "")
+    top.set_title(title, fontsize=10)
+    top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    (bottom or top).set_xlabel("step")
+    if bottom is not None:
+        bottom.set_ylabel("median tokens per step")
     return _png(fig)

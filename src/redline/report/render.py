@@ -31,16 +31,36 @@ class Image:
 
 
 @dataclass
+class Details:
+    """A collapsed block: `summary` is plain text; `html` is markup this package generated (an
+    inline SVG figure, escaped text) and is inserted as is; `md` is its Markdown stand-in."""
+
+    summary: str
+    html: str
+    md: str = ""
+
+
+@dataclass
+class Alert:
+    """A paragraph that must not be missed: a box in HTML, bold in Markdown."""
+
+    text: str
+
+
+Block = str | Table | Image | Details | Alert
+
+
+@dataclass
 class Section:
     id: str
     title: str
-    blocks: list[str | Table | Image] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)
 
 
 @dataclass
 class Document:
     title: str
-    intro: list[str]
+    intro: list[str | Alert]
     sections: list[Section]
 
 
@@ -65,7 +85,7 @@ def table_markdown(t: Table) -> str:
 def markdown(doc: Document) -> str:
     out = [f"# {doc.title}", ""]
     for p in doc.intro:
-        out += [p, ""]
+        out += [f"**{p.text}**" if isinstance(p, Alert) else p, ""]
     out += ["Contents: " + " · ".join(f"[{s.title}](#{s.id})" for s in doc.sections), ""]
     for s in doc.sections:
         out += [f'<a id="{s.id}"></a>', "", f"## {s.title}", ""]
@@ -74,23 +94,37 @@ def markdown(doc: Document) -> str:
                 out += [table_markdown(b), ""]
             elif isinstance(b, Image):
                 out += [f"![{_md_cell(b.alt)}]({b.name})", ""]
+            elif isinstance(b, Alert):
+                out += [f"**{b.text}**", ""]
+            elif isinstance(b, Details):
+                out += ["<details>", f"<summary>{_md_cell(b.summary)}</summary>", "", b.md, "",
+                        "</details>", ""]
             else:
                 out += [b, ""]
     return "\n".join(out).rstrip() + "\n"
 
 
+# Layout rule: nothing is wider than the page. Tables scroll inside their own box (.wrap) and
+# wrap long cells; text, figures and SVGs shrink or break anywhere rather than push the page
+# sideways (the report test checks this in Chromium at 1280 px).
 _CSS = """
+*{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:0;color:#222;
 background:#fafafa;line-height:1.45}
-main{max-width:1100px;margin:0 auto;padding:1.5rem}
+main{max-width:1240px;margin:0 auto;padding:1rem}
+p,li,summary,figcaption{overflow-wrap:anywhere}
 h1{font-size:1.6rem;margin:.2rem 0 1rem}h2{font-size:1.25rem;margin-top:2.2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:.6rem 0 1.2rem;font-size:.85rem;background:#fff}
-th,td{border:1px solid #d5d5d5;padding:.25rem .5rem;vertical-align:top;text-align:left}
+table{border-collapse:collapse;margin:.6rem 0 1.2rem;font-size:.82rem;background:#fff}
+th,td{border:1px solid #d5d5d5;padding:.2rem .4rem;vertical-align:top;text-align:left}
+td{max-width:32rem;overflow-wrap:break-word}
 th{background:#eef1f5}td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 caption{caption-side:top;text-align:left;font-style:italic;padding:.2rem 0}
-figure{margin:.8rem 0;background:#fff;border:1px solid #e3e3e3;padding:.5rem;display:inline-block}
-img{max-width:100%;height:auto}nav a{margin-right:.8rem}code{background:#f0f0f0;padding:0 .2rem}
-.wrap{overflow-x:auto}
+figure{margin:.8rem 0;background:#fff;border:1px solid #e3e3e3;padding:.5rem;display:inline-block;
+max-width:100%}
+img,svg{max-width:100%;height:auto}nav a{margin-right:.8rem}code{background:#f0f0f0;padding:0 .2rem}
+.wrap{overflow-x:auto;max-width:100%}
+details{margin:.3rem 0;background:#fff;border:1px solid #e3e3e3;padding:.3rem .6rem;max-width:100%}
+summary{cursor:pointer}.warn{background:#fff4e5;border-left:4px solid #f28e2b;padding:.4rem .8rem}
 """
 
 _SCRIPT = """
@@ -128,6 +162,12 @@ def _html_table(t: Table) -> str:
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
+def _html_text(p: str | Alert) -> str:
+    if isinstance(p, Alert):
+        return f"<p class=\"warn\">{html.escape(p.text)}</p>"
+    return f"<p>{html.escape(p)}</p>"
+
+
 def page_html(doc: Document) -> str:
     """The whole report as one HTML page that opens offline."""
     e = html.escape
@@ -136,7 +176,7 @@ def page_html(doc: Document) -> str:
              "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
              f"<title>{e(doc.title)}</title><style>{_CSS}</style></head><body><main>",
              f"<h1>{e(doc.title)}</h1>"]
-    parts += [f"<p>{e(p)}</p>" for p in doc.intro]
+    parts += [_html_text(p) for p in doc.intro]
     parts.append("<nav>" + "".join(f"<a href=\"#{e(s.id)}\">{e(s.title)}</a>" for s in doc.sections)
                  + "</nav>")
     for s in doc.sections:
@@ -148,8 +188,10 @@ def page_html(doc: Document) -> str:
                 data = base64.b64encode(b.png).decode("ascii")
                 parts.append(f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{e(b.alt)}\" "
                              f"data-name=\"{e(b.name)}\"><figcaption>{e(b.alt)}</figcaption></figure>")
+            elif isinstance(b, Details):
+                parts.append(f"<details><summary>{e(b.summary)}</summary>{b.html}</details>")
             else:
-                parts.append(f"<p>{e(b)}</p>")
+                parts.append(_html_text(b))
         parts.append("</section>")
     parts.append(f"</main><script>{_SCRIPT}</script></body></html>")
     return "\n".join(parts)
