@@ -35,8 +35,10 @@ from redline.embedded import (
     SANDBOX_GGUF,
     EmbeddedModelAPI,
     LlamaProcess,
+    check_gguf,
     embedded_gguf,
     full_mode_binds,
+    gguf_parameter_count,
     openai_messages,
     request_body,
 )
@@ -354,3 +356,39 @@ def test_inspect_eval_with_redline_smollm2(tmp_path, no_llama_left):
     assert log.stats.model_usage["redline/smollm2"].output_tokens == output.usage.output_tokens
     pids = embedded.stop_all()
     assert pids and not llama_children()
+
+
+# ------------------------------------------------------------------------------ GGUF files
+def test_gguf_files_are_checked_by_their_magic_bytes_at_once(tmp_path):
+    assert check_gguf(embedded_gguf()) == embedded_gguf()
+    (tmp_path / "notes.gguf").write_text("not weights")
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    cases = {tmp_path / "missing.gguf": "GGUF file not found: ",
+             tmp_path: "GGUF path is a directory, not a file: ",
+             tmp_path / "notes.gguf": "not a GGUF model file: ",
+             tmp_path / "empty.gguf": "not a GGUF model file: "}
+    for path, error in cases.items():
+        t0 = time.monotonic()
+        for check in (check_gguf, full_mode_binds, lambda p: EmbeddedModelAPI("smollm2", gguf=str(p)),
+                      lambda p: LlamaProcess(p).start()):
+            with pytest.raises(embedded.EmbeddedModelError) as e:
+                check(path)
+            message = str(e.value)
+            assert message.startswith(error) and str(path) in message and "\n" not in message
+        assert time.monotonic() - t0 < 5  # no server was started, nothing waited for
+
+
+def test_gguf_parameter_count_matches_llama_cpp(host_server, tmp_path):
+    import urllib.request
+
+    with urllib.request.urlopen(f"{host_server.url}/v1/models", timeout=10) as r:
+        [served] = json.loads(r.read())["data"]
+    assert gguf_parameter_count(embedded_gguf()) == served["meta"]["n_params"] == 134515008
+    # A cut or foreign file is "unknown", never an exception.
+    cut = tmp_path / "cut.gguf"
+    with open(embedded_gguf(), "rb") as f:
+        cut.write_bytes(f.read(4096))
+    (tmp_path / "text.gguf").write_text("hello")
+    assert gguf_parameter_count(cut) is None
+    assert gguf_parameter_count(tmp_path / "text.gguf") is None
+    assert gguf_parameter_count(tmp_path / "missing.gguf") is None
