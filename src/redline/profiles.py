@@ -191,7 +191,7 @@ def _embedded_gguf(api: Any) -> Path | None:
     return Path(gguf) if gguf is not None else None
 
 
-def _served(model: Any) -> tuple[str, str | None, str | None]:
+def _served(model: Any) -> tuple[str, str | None, str]:
     """(provider, base URL, served model name) of an Inspect model."""
     provider = str(model).split("/", 1)[0]
     api = model.api
@@ -199,33 +199,39 @@ def _served(model: Any) -> tuple[str, str | None, str | None]:
     if not base and provider in ("vllm", "sglang"):
         base = os.environ.get(f"{provider.upper()}_BASE_URL")
     service_name = getattr(api, "service_model_name", None)
-    name = service_name() if callable(service_name) else str(model).split("/", 1)[-1]
+    name = str(service_name()) if callable(service_name) else str(model).split("/", 1)[-1]
     return provider, base, name
 
 
 async def detect_profile(model: Any = None, gguf: str | Path | None = None) -> Detection:
     """The profile of the weights behind `model` (an Inspect `Model`; None: the active one), or of
     `gguf` in full mode. Never raises for an unreachable or unhelpful server: it falls back."""
-    if gguf is not None:
-        n = gguf_parameter_count(gguf)
-        if n:
-            return Detection(profile_of(n), n, f"GGUF header of {gguf}")
+    if gguf is not None:  # full mode: the weights are this file, whatever --model says
+        return _from_gguf(Path(gguf)) or Detection("default", None, "no parameter count found")
     if model is None:
         from inspect_ai.model import get_model
 
         model = get_model()
     embedded = _embedded_gguf(model.api)
-    if gguf is None and embedded is not None and (n := gguf_parameter_count(embedded)):
-        return Detection(profile_of(n), n, f"GGUF header of {embedded}")
+    if embedded is not None and (found := _from_gguf(embedded)):
+        return found
     provider, base, name = _served(model)
     if provider in SELF_HOSTED and base and name:
         n, where = await served_n_params(base, name, getattr(model.api, "api_key", None))
         if n:
             return Detection(profile_of(n), n, f"server metadata ({where})")
-    for label in (name or "", str(model), str(gguf or "")):
-        if n := params_from_name(Path(label).name if label.endswith(".gguf") else label):
+    for label in (name, str(model)):
+        if n := params_from_name(label):
             return Detection(profile_of(n), n, f"size in the model name {label!r}")
     return Detection("default", None, "no parameter count found")
+
+
+def _from_gguf(path: Path) -> Detection | None:
+    if n := gguf_parameter_count(path):
+        return Detection(profile_of(n), n, f"GGUF header of {path}")
+    if n := params_from_name(path.name):
+        return Detection(profile_of(n), n, f"size in the file name {path.name!r}")
+    return None
 
 
 async def resolve_profile(requested: str, model: Any = None, gguf: str | Path | None = None) -> Detection:
