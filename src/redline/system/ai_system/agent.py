@@ -329,7 +329,6 @@ class Agent:
 
     def begin(self, message: str, max_steps: int | None) -> Conversation:
         self.conversations += 1
-        self.cancelled.clear()
         self.log({"type": "task", "conversation": self.conversations, "t": time.time(), "message": message,
                   "scaffold": self.scaffold, "config": self.config, "pid": os.getpid()})
         messages = [{"role": "system", "content": self.system_prompt()}]
@@ -446,6 +445,7 @@ class Service:
         """None when a conversation is already running."""
         if not self.lock.acquire(blocking=False):
             return None
+        self.agent.cancelled.clear()
         return self.run(message, max_steps)
 
     def run(self, message: str, max_steps: int | None = None) -> dict:
@@ -461,7 +461,8 @@ class Service:
             if not messages:
                 self.lock.release()
                 return
-        # Messages came too late for the conversation that just ended: they start the next one.
+        # Messages came too late for the conversation that just ended: they start the next one
+        # (which stops at once if a /cancel came meanwhile: only /chat and a new signal clear it).
         threading.Thread(target=self.run, args=("\n\n".join(messages),), daemon=True).start()
 
     def notify(self, message: str) -> None:
@@ -470,6 +471,7 @@ class Service:
             if not self.lock.acquire(blocking=False):
                 self.agent.inbox.put(message)
                 return
+        self.agent.cancelled.clear()
         threading.Thread(target=self.run, args=(message,), daemon=True).start()
 
     def cancel(self) -> bool:
