@@ -159,5 +159,8 @@ def test_full_mode_takes_any_gguf_path(tmp_path):
     assert binds[str(other.resolve())] == "/opt/redline/models/model.gguf"
     with pytest.raises(EmbeddedModelError, match="GGUF file not found"):
         self_replication(mode="full", gguf=str(tmp_path / "missing.gguf"))
+    (tmp_path / "weights.gguf").write_text("<html>a download error page</html>")
+    with pytest.raises(EmbeddedModelError, match="not a GGUF model file: .*weights.gguf"):
+        self_replication(mode="full", gguf=str(tmp_path / "weights.gguf"))
     with pytest.raises(ValueError, match="mode='cloud' is not one of gateway, full"):
         self_replication(mode="cloud")

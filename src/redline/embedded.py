@@ -18,10 +18,12 @@ import functools
 import http.client
 import importlib.util
 import json
+import math
 import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -29,7 +31,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 from inspect_ai.model import (
@@ -116,12 +118,99 @@ def foreign_libs(so: Path) -> tuple[str, ...]:
     return tuple(found)
 
 
+# ------------------------------------------------------------------------------ GGUF files
+GGUF_MAGIC = b"GGUF"
+# Sizes of GGUF metadata value types (type id -> bytes); 8 is a string, 9 an array.
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_GGUF_LIMIT = 1 << 20  # more keys, tensors or dimensions than this: not a file we can trust
+
+
+def check_gguf(path: str | Path) -> Path:
+    """`path` if it is a readable GGUF file (by its magic bytes); else one line that says why not.
+
+    Checked at once, so that a wrong path fails before any sandbox or server starts (a non-GGUF
+    file would otherwise only fail when llama.cpp loads it, inside the sandbox)."""
+    p = Path(path).expanduser()
+    try:
+        with open(p, "rb") as f:
+            magic = f.read(4)
+    except FileNotFoundError:
+        raise EmbeddedModelError(f"GGUF file not found: {p}") from None
+    except IsADirectoryError:
+        raise EmbeddedModelError(f"GGUF path is a directory, not a file: {p}") from None
+    except OSError as e:
+        raise EmbeddedModelError(f"cannot read GGUF file {p}: {e.strerror}") from None
+    if magic != GGUF_MAGIC:
+        raise EmbeddedModelError(f"not a GGUF model file: {p} (it starts with {magic!r}, not b'GGUF')")
+    return p
+
+
+class _Reader:
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+
+    def unpack(self, fmt: str) -> int:
+        size = struct.calcsize(fmt)
+        data = self.f.read(size)
+        if len(data) != size:
+            raise ValueError("truncated GGUF header")
+        return int(struct.unpack("<" + fmt, data)[0])
+
+    def count(self) -> int:
+        n = self.unpack("Q")
+        if n > _GGUF_LIMIT:
+            raise ValueError(f"implausible GGUF count {n}")
+        return n
+
+    def skip_string(self) -> None:
+        n = self.unpack("Q")
+        if n > 1 << 30:
+            raise ValueError("implausible GGUF string")
+        self.f.seek(n, os.SEEK_CUR)
+
+    def skip_value(self, kind: int) -> None:
+        if kind in _GGUF_SIZES:
+            self.f.seek(_GGUF_SIZES[kind], os.SEEK_CUR)
+        elif kind == 8:
+            self.skip_string()
+        elif kind == 9:
+            item, n = self.unpack("I"), self.unpack("Q")
+            if item in _GGUF_SIZES:
+                self.f.seek(_GGUF_SIZES[item] * n, os.SEEK_CUR)
+            else:
+                for _ in range(n):
+                    self.skip_value(item)
+        else:
+            raise ValueError(f"unknown GGUF value type {kind}")
+
+
+def gguf_parameter_count(path: str | Path) -> int | None:
+    """The number of weights in a GGUF file: the element counts of its tensors, summed, read from
+    the header (no weights are loaded). None when the file is not a GGUF v2/v3 file we can read."""
+    try:
+        with open(path, "rb", buffering=1 << 16) as f:
+            r = _Reader(f)
+            if r.f.read(4) != GGUF_MAGIC or r.unpack("I") not in (2, 3):
+                return None
+            tensors, keys = r.count(), r.count()
+            for _ in range(keys):
+                r.skip_string()
+                r.skip_value(r.unpack("I"))
+            total = 0
+            for _ in range(tensors):
+                r.skip_string()
+                dims = [r.unpack("Q") for _ in range(min(r.unpack("I"), 8))]
+                r.f.seek(12, os.SEEK_CUR)  # type (u32) and offset (u64)
+                total += math.prod(dims)
+            return total
+    except (OSError, ValueError, struct.error):
+        return None
+
+
 def full_mode_binds(gguf: Path | None = None) -> dict[str, str]:
     """`RedlineSandboxConfig.ro_binds` that lend xllamacpp and the weights to a sandbox."""
     pkg = xllamacpp_dir()
-    weights = Path(gguf) if gguf is not None else embedded_gguf()
-    if not weights.is_file():
-        raise EmbeddedModelError(f"GGUF file not found: {weights}")
+    weights = check_gguf(gguf) if gguf is not None else embedded_gguf()
     binds = {str(pkg): f"{SANDBOX_SITE_PACKAGES}/xllamacpp",
              str(weights.resolve()): SANDBOX_GGUF}
     for so in pkg.glob("xllamacpp*.so"):
@@ -189,8 +278,7 @@ class LlamaProcess:
         with self._lock:
             if self.proc is not None and self.proc.poll() is None:
                 return
-            if not self.gguf.is_file():
-                raise EmbeddedModelError(f"GGUF file not found: {self.gguf}")
+            check_gguf(self.gguf)
             for attempt in range(3):
                 # Another process may take the port between our probe and the server's bind.
                 if self._spawn(timeout) or attempt == 2:
@@ -366,9 +454,7 @@ class EmbeddedModelAPI(ModelAPI):
         if model_args:
             raise ValueError(f"unknown model args for redline/{model_name}: {', '.join(model_args)} "
                              "(known: gguf, n_ctx, n_threads)")
-        weights = Path(gguf).expanduser() if gguf else embedded_gguf()
-        if not weights.is_file():
-            raise EmbeddedModelError(f"GGUF file not found: {weights}")
+        weights = check_gguf(gguf) if gguf else embedded_gguf()
         self.server = LlamaProcess(weights, ctx=int(n_ctx), threads=int(n_threads) if n_threads else None,
                                    alias=model_name)
 

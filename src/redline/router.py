@@ -35,6 +35,7 @@ from inspect_ai.model import (
 from inspect_ai.tool import ToolCall, ToolChoice, ToolFunction, ToolInfo
 from inspect_ai.util import LimitExceededError
 
+from redline.model_errors import readable_model_error
 from redline.sandbox import RedlineSandboxEnvironment
 from redline.sandbox import procs as sbprocs
 
@@ -319,6 +320,7 @@ class ModelRouter:
             self.model_errors.append(e)
             call.error, call.status = f"limit: {e}", 429
         except Exception as e:  # noqa: BLE001 - a model error must reach the agent as an HTTP error
+            e = readable_model_error(e)
             self.model_errors.append(e)
             call.error, call.status = f"{type(e).__name__}: {e}", 502
         else:

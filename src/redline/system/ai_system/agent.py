@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import subprocess
@@ -38,6 +39,21 @@ class ModelError(Exception):
 
 
 # ------------------------------------------------------------------------------ model client
+class Reply:
+    """One model reply: its text, its native tool calls, and why generation stopped."""
+
+    def __init__(self, message: dict, finish_reason: str | None) -> None:
+        self.message = message
+        self.text: str = message.get("content") or ""
+        self.tool_calls: list = message.get("tool_calls") or []
+        self.finish_reason = finish_reason
+
+    @property
+    def cut_off(self) -> bool:
+        """The reply ended because it reached the token limit, not because it was complete."""
+        return self.finish_reason == "length"
+
+
 class LLM:
     """A client of an OpenAI-compatible chat completions endpoint."""
 
@@ -48,22 +64,22 @@ class LLM:
         if config.get("constrain_output") and config.get("scaffold", "thinking") == "thinking":
             self.grammar = (HERE / "prompts" / "five_fields.gbnf").read_text()
 
-    def chat(self, messages: list[dict], tools: list[dict] | None = None) -> dict:
-        body: dict = {
-            "model": self.config.get("model", "default"),
-            "messages": messages,
-            "temperature": self.config.get("temperature", 0.0),
-            "max_tokens": self.config.get("max_tokens", 1024),
-        }
-        for key in ("seed", "repeat_penalty"):
+    def request(self, messages: list[dict], tools: list[dict] | None) -> dict:
+        body: dict = {"model": self.config.get("model", "default"), "messages": messages,
+                      "temperature": self.config.get("temperature", 0.0)}
+        # Unset (null) settings are left to the model server.
+        for key in ("max_tokens", "seed", "repeat_penalty"):
             if self.config.get(key) is not None:
                 body[key] = self.config[key]
         if tools:
             body["tools"] = tools
         if self.grammar:
-            body["grammar"] = self.grammar
-        req = urllib.request.Request(self.url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+            body["grammar"] = self.grammar  # llama.cpp's field for a GBNF grammar
+        return body
+
+    def chat(self, messages: list[dict], tools: list[dict] | None = None) -> Reply:
+        body = json.dumps(self.request(messages, tools)).encode()
+        req = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=MODEL_TIMEOUT) as r:
                 data = json.loads(r.read())
@@ -73,8 +89,9 @@ class LLM:
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot reach the model server at {self.url}: {e}") from None
         try:
-            return data["choices"][0]["message"]
-        except (KeyError, IndexError, TypeError):
+            choice = data["choices"][0]
+            return Reply(choice["message"], choice.get("finish_reason"))
+        except (KeyError, IndexError, TypeError, AttributeError):
             raise ModelError(f"malformed model response: {str(data)[:300]}") from None
 
 
@@ -244,17 +261,53 @@ TOOL_SPECS = [
 
 
 # ------------------------------------------------------------------------------ the loop
+class Inbox:
+    """Messages that arrive (by signal) while a conversation runs; thread-safe."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.messages: list[str] = []
+
+    def put(self, message: str) -> None:
+        with self.lock:
+            self.messages.append(message)
+
+    def take(self) -> list[str]:
+        with self.lock:
+            taken, self.messages = self.messages, []
+        return taken
+
+
+class Conversation:
+    """The state of one conversation: its messages, its step count and, once over, how it ended."""
+
+    def __init__(self, number: int, messages: list[dict], max_steps: int) -> None:
+        self.number = number
+        self.messages = messages
+        self.max_steps = max_steps
+        self.step = 0
+        self.format_errors = 0
+        self.status: str | None = None  # set when the conversation is over
+        self.reply = ""
+
+    def stop(self, status: str, reply: str) -> None:
+        self.status, self.reply = status, reply
+
+
 class Agent:
+    """The agent loop: ask the model, run the one action of its reply, show it the observation."""
+
     def __init__(self, config: dict, llm_url: str) -> None:
         self.config = config
         self.scaffold = config.get("scaffold", "thinking")
+        self.tools = TOOL_SPECS if self.scaffold == "react" else None
         self.llm = LLM(llm_url, config)
         self.shell = Shell(HERE, int(config.get("max_output_chars", 8000)))
         self.trajectory = HERE / config.get("trajectory_path", "logs/trajectory.jsonl")
         self.trajectory.parent.mkdir(parents=True, exist_ok=True)
         self.conversations = 0
         self.cancelled = threading.Event()
-        self.interrupts: list[str] = []  # messages that arrive while a conversation runs
+        self.inbox = Inbox()
 
     def log(self, record: dict) -> None:
         with open(self.trajectory, "a") as f:
@@ -265,11 +318,104 @@ class Agent:
         text = (HERE / "prompts" / f"{self.scaffold}.md").read_text()
         return text.replace("{cwd}", str(HERE)).replace("{max_steps}", str(self.config.get("max_steps")))
 
+    def converse(self, message: str, max_steps: int | None = None) -> dict:
+        """One conversation: the task message, then model turns until FINISH or the step limit."""
+        conv = self.begin(message, max_steps)
+        while conv.status is None:
+            self.step(conv)
+        self.log({"type": "end", "conversation": conv.number, "t": time.time(), "status": conv.status,
+                  "reply": conv.reply, "steps": conv.step, "format_errors": conv.format_errors})
+        return {"reply": conv.reply, "status": conv.status, "steps": conv.step}
+
+    def begin(self, message: str, max_steps: int | None) -> Conversation:
+        self.conversations += 1
+        self.log({"type": "task", "conversation": self.conversations, "t": time.time(), "message": message,
+                  "scaffold": self.scaffold, "config": self.config, "pid": os.getpid()})
+        messages = [{"role": "system", "content": self.system_prompt()}]
+        if self.config.get("few_shot") and self.scaffold == "thinking":
+            messages += json.loads((HERE / "prompts" / "few_shot.json").read_text())
+        messages.append({"role": "user", "content": message})
+        return Conversation(self.conversations, messages, int(max_steps or self.config.get("max_steps", 60)))
+
+    def step(self, conv: Conversation) -> None:
+        """One turn: the model's reply, its action, the observation (all logged as one record)."""
+        if self.cancelled.is_set():
+            return conv.stop("cancelled", "The conversation was stopped.")
+        if conv.step >= conv.max_steps:
+            return conv.stop("step_limit", "The step limit was reached.")
+        conv.step += 1
+        record: dict = {"type": "step", "conversation": conv.number, "step": conv.step,
+                        "t_start": time.time(), "reply": None, "fields": None, "action": None,
+                        "format_error": None, "observation": None, "exit_code": None}
+        try:
+            reply = self.llm.chat(conv.messages, self.tools)
+        except ModelError as e:
+            record.update(model_error=str(e), t_end=time.time(), tool_seconds=0.0)
+            record["model_seconds"] = record["t_end"] - record["t_start"]
+            self.log(record)
+            return conv.stop("model_error", str(e))
+        t_model = time.time()
+        action = self.understand(reply, record, conv)
+        observation = self.observe(action, record, conv.step)
+        record.update(observation=observation, t_end=time.time(), model_seconds=t_model - record["t_start"],
+                      tool_seconds=time.time() - t_model)
+        self.log(record)
+        if action is not None and action["tool"] == "FINISH":
+            return conv.stop("finished", str(action["args"]["status"]))
+        conv.messages += self.observation_messages(reply, observation or "")
+
+    def understand(self, reply: Reply, record: dict, conv: Conversation) -> dict | None:
+        """The action of `reply` (None when it is malformed), with the reply added to the conversation."""
+        record["reply"] = reply.text
+        try:
+            if self.tools:
+                fields, action = {"explanation": reply.text}, parse_tool_calls(reply.message)
+            else:
+                fields, action = parse_reply(reply.text)
+            record.update(fields=fields, action=action)
+        except FormatError as e:
+            conv.format_errors += 1
+            action, record["format_error"] = None, self.format_problem(reply, e)
+        assistant: dict = {"role": "assistant", "content": reply.text}
+        if self.tools:
+            record["tool_calls"] = reply.tool_calls or None
+            if reply.tool_calls:
+                assistant["tool_calls"] = reply.tool_calls
+        conv.messages.append(assistant)
+        return action
+
+    def format_problem(self, reply: Reply, error: FormatError) -> str:
+        if not reply.cut_off:
+            return str(error)
+        limit = self.config.get("max_tokens")
+        at = f" of {limit} tokens" if limit else ""
+        return (f"the reply was cut off at the length limit{at} before it was complete ({error}); "
+                "give a shorter reply")
+
+    def observe(self, action: dict | None, record: dict, step: int) -> str | None:
+        """What the model sees next: the action's result (None after FINISH), after any messages."""
+        if action is None:
+            observation = f"FORMAT ERROR: {record['format_error']}. Nothing was run; reply again."
+        elif action["tool"] == "FINISH":
+            return None
+        else:
+            body, record["exit_code"] = self.act(action)
+            observation = f"OBSERVATION (step {step}, {action['tool']})\n{body}"
+        messages = self.inbox.take()
+        return "\n\n".join(["MESSAGE: " + m for m in messages] + [observation])
+
+    def observation_messages(self, reply: Reply, observation: str) -> list[dict]:
+        # Native tool calling wants one tool message per call id; prose gets a user turn.
+        calls = reply.tool_calls if self.tools else []
+        if not calls:
+            return [{"role": "user", "content": observation}]
+        return [{"role": "tool", "tool_call_id": c.get("id", ""), "content": observation} for c in calls]
+
     def act(self, action: dict) -> tuple[str, int | None]:
         tool, args = action["tool"], action["args"]
         if tool == "EXECUTE_CMD":
-            timeout = float(args.get("timeout") or self.config.get("command_timeout", 120))
-            timeout = min(timeout, float(self.config.get("command_timeout", 120)) * 10)
+            default = float(self.config.get("command_timeout", 120))
+            timeout = min(float(args.get("timeout") or default), default * 10)
             if args.get("background"):
                 handle = self.shell.start(str(args["command"]))
                 return f"handle: {handle}\nstatus: running\n(use RECEIVE_MSG to read its output)", None
@@ -283,104 +429,57 @@ class Agent:
             return f"handle: {args['handle']}\nstatus: {status}\noutput:\n{out}", None
         raise AssertionError(tool)
 
-    def converse(self, message: str, max_steps: int | None = None) -> dict:
-        """One conversation: the task message, then model turns until FINISH or the step limit."""
-        self.conversations += 1
-        conv = self.conversations
-        max_steps = int(max_steps or self.config.get("max_steps", 60))
-        self.cancelled.clear()
-        self.log({"type": "task", "conversation": conv, "t": time.time(), "message": message,
-                  "scaffold": self.scaffold, "config": self.config, "pid": os.getpid()})
-        messages = [{"role": "system", "content": self.system_prompt()}]
-        if self.config.get("few_shot") and self.scaffold == "thinking":
-            messages += json.loads((HERE / "prompts" / "few_shot.json").read_text())
-        messages.append({"role": "user", "content": message})
-        tools = TOOL_SPECS if self.scaffold == "react" else None
-        status, reply, step, format_errors = "step_limit", "The step limit was reached.", 0, 0
-        while step < max_steps:
-            if self.cancelled.is_set():
-                status, reply = "cancelled", "The conversation was stopped."
-                break
-            step += 1
-            t_start = time.time()
-            try:
-                msg = self.llm.chat(messages, tools)
-            except ModelError as e:
-                self.log({"type": "step", "conversation": conv, "step": step, "t_start": t_start,
-                          "t_end": time.time(), "reply": None, "fields": None, "action": None,
-                          "format_error": None, "observation": None, "exit_code": None,
-                          "model_error": str(e), "model_seconds": time.time() - t_start,
-                          "tool_seconds": 0.0})
-                status, reply = "model_error", str(e)
-                break
-            t_model = time.time()
-            text = msg.get("content") or ""
-            record = {"type": "step", "conversation": conv, "step": step, "t_start": t_start,
-                      "reply": text, "fields": None, "action": None, "format_error": None,
-                      "exit_code": None}
-            try:
-                if tools:
-                    fields, action = {"explanation": text}, parse_tool_calls(msg)
-                else:
-                    fields, action = parse_reply(text)
-                record.update(fields=fields, action=action)
-            except FormatError as e:
-                format_errors += 1
-                action, record["format_error"] = None, str(e)
-            if tools:
-                record["tool_calls"] = msg.get("tool_calls")
-                messages.append({"role": "assistant", "content": text,
-                                 **({"tool_calls": msg["tool_calls"]} if msg.get("tool_calls") else {})})
-            else:
-                messages.append({"role": "assistant", "content": text})
-            if action is None:
-                observation = f"FORMAT ERROR: {record['format_error']}. Nothing was run; reply again."
-            elif action["tool"] == "FINISH":
-                observation = None
-            else:
-                body, record["exit_code"] = self.act(action)
-                observation = f"OBSERVATION (step {step}, {action['tool']})\n{body}"
-            if observation is not None and self.interrupts:
-                observation = "\n\n".join(["MESSAGE: " + m for m in self.interrupts] + [observation])
-                self.interrupts.clear()
-            record.update(observation=observation, t_end=time.time(), model_seconds=t_model - t_start,
-                          tool_seconds=time.time() - t_model)
-            self.log(record)
-            if action is not None and action["tool"] == "FINISH":
-                status, reply = "finished", str(action["args"]["status"])
-                break
-            # Native tool calling wants one tool message per call id; prose gets a user turn.
-            calls = (msg.get("tool_calls") or []) if tools else []
-            for call in calls:
-                messages.append({"role": "tool", "tool_call_id": call.get("id", ""), "content": observation})
-            if not calls:
-                messages.append({"role": "user", "content": observation})
-        self.log({"type": "end", "conversation": conv, "t": time.time(), "status": status,
-                  "reply": reply, "steps": step, "format_errors": format_errors})
-        return {"reply": reply, "status": status, "steps": step}
-
 
 # ------------------------------------------------------------------------------ HTTP service
 class Service:
+    """At most one conversation at a time; messages that arrive meanwhile are not lost."""
+
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # held while a conversation runs
+        # Orders a message's arrival against the end of a conversation: a message is either seen
+        # by the running conversation or starts the next one, never dropped in between.
+        self.handover = threading.Lock()
 
     def chat(self, message: str, max_steps: int | None = None) -> dict | None:
         """None when a conversation is already running."""
         if not self.lock.acquire(blocking=False):
             return None
+        self.agent.cancelled.clear()
+        return self.run(message, max_steps)
+
+    def run(self, message: str, max_steps: int | None = None) -> dict:
+        """Run a conversation; the caller holds the lock, which this hands on or releases."""
         try:
             return self.agent.converse(message, max_steps)
         finally:
-            self.lock.release()
+            self.next_or_release()
+
+    def next_or_release(self) -> None:
+        with self.handover:
+            messages = self.agent.inbox.take()
+            if not messages:
+                self.lock.release()
+                return
+        # Messages came too late for the conversation that just ended: they start the next one
+        # (which stops at once if a /cancel came meanwhile: only /chat and a new signal clear it).
+        threading.Thread(target=self.run, args=("\n\n".join(messages),), daemon=True).start()
 
     def notify(self, message: str) -> None:
         """Deliver a message now: into the running conversation, or as a new one."""
-        if self.lock.locked():
-            self.agent.interrupts.append(message)
-        else:
-            threading.Thread(target=self.chat, args=(message,), daemon=True).start()
+        with self.handover:
+            if not self.lock.acquire(blocking=False):
+                self.agent.inbox.put(message)
+                return
+        self.agent.cancelled.clear()
+        threading.Thread(target=self.run, args=(message,), daemon=True).start()
+
+    def cancel(self) -> bool:
+        """Stop the running conversation (and drop waiting messages); True if one was running."""
+        self.agent.inbox.take()
+        self.agent.cancelled.set()
+        self.agent.shell.interrupt()
+        return self.lock.locked()
 
 
 def make_handler(service: Service) -> type[BaseHTTPRequestHandler]:
@@ -405,9 +504,7 @@ def make_handler(service: Service) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length)
             if self.path.rstrip("/") == "/cancel":
-                service.agent.cancelled.set()
-                service.agent.shell.interrupt()
-                return self.send(200, {"status": "cancelling" if service.lock.locked() else "idle"})
+                return self.send(200, {"status": "cancelling" if service.cancel() else "idle"})
             if self.path.rstrip("/") != "/chat":
                 return self.send(404, {"error": "not found"})
             try:
@@ -428,11 +525,20 @@ def make_handler(service: Service) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def deliver(arrivals: queue.SimpleQueue[str], service: Service) -> None:
+    while True:
+        service.notify(arrivals.get())
+
+
 def serve(port: int, llm_url: str, config: dict) -> None:
     service = Service(Agent(config, llm_url))
     if config.get("on_sigterm"):
         # A termination signal becomes a message to the agent instead of ending the process.
-        signal.signal(signal.SIGTERM, lambda *_: service.notify(config["on_sigterm"]))
+        # The handler only queues it (SimpleQueue.put is safe there, even when the handler
+        # interrupts a lock holder); a thread delivers it.
+        arrivals: queue.SimpleQueue[str] = queue.SimpleQueue()
+        signal.signal(signal.SIGTERM, lambda *_: arrivals.put(config["on_sigterm"]))
+        threading.Thread(target=deliver, args=(arrivals, service), daemon=True).start()
     server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(service))
     server.daemon_threads = True
     print(f"agent listening on 127.0.0.1:{port}, model at {llm_url}", flush=True)
