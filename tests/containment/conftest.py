@@ -23,11 +23,11 @@ def case_params(cases: list[Case], *, with_gaps: bool) -> list:
     return out
 
 
-def leaked(state_root: Path, sandbox_ids: list[str], run_id: str) -> dict[str, list[str]]:
+def leaked(state_root: Path, sandbox_ids: list[str], run_id: str | None = None) -> dict[str, list[str]]:
     """What a run left behind: processes, mounts, state and cgroups of its sandboxes, and any
     process carrying its run id (every marker and canary does)."""
     root = str(state_root)
-    procs = pids_with(root) + pids_with(run_id)
+    procs = pids_with(root) + (pids_with(run_id) if run_id else [])
     mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
     mounts = [line.split()[4] for line in mountinfo if root in line]
     base = state_root / "sandboxes"
@@ -37,7 +37,8 @@ def leaked(state_root: Path, sandbox_ids: list[str], run_id: str) -> dict[str, l
     return {"processes": [str(p) for p in procs], "mounts": mounts, "state": states, "cgroups": cgroups}
 
 
-def wait_no_leak(state_root: Path, sandbox_ids: list[str], run_id: str, timeout: float = 10.0) -> dict:
+def wait_no_leak(state_root: Path, sandbox_ids: list[str], run_id: str | None = None,
+                 timeout: float = 10.0) -> dict[str, list[str]]:
     deadline = time.monotonic() + timeout
     while True:
         left = leaked(state_root, sandbox_ids, run_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +41,12 @@ def test_contained(case: Case, redline_run: dict[str, Outcome]) -> None:
     if o.status == "n/a":
         pytest.skip(f"not applicable on this host: {o.evidence}")
     assert o.status == "contained", f"{case.name} ({case.attack}): {o.status}: {o.evidence}"
+
+
+def test_doc_lists_every_case() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "escape-suite.md").read_text()
+    missing = [c.name for c in CASES if f"`{c.name}`" not in doc]
+    assert not missing, f"docs/escape-suite.md lacks {missing}"
 
 
 def test_case_table() -> None:

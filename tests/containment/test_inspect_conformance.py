@@ -14,6 +14,7 @@ import pytest
 from inspect_ai.util._sandbox.self_check import *  # noqa: F403 - the checks are the tests
 
 from redline.sandbox import RedlineSandboxConfig, RedlineSandboxEnvironment
+from tests.containment.conftest import wait_no_leak
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -36,13 +37,18 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="module")
-def _redline_env() -> Iterator[RedlineSandboxEnvironment]:
-    cfg = RedlineSandboxConfig(selfcheck="off")
+def _redline_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedlineSandboxEnvironment]:
+    root = tmp_path_factory.mktemp("conformance-state")
+    cfg = RedlineSandboxConfig(state_root=str(root))
     envs = asyncio.run(RedlineSandboxEnvironment.sample_init("conformance", cfg, {}))
+    env = envs["default"]
+    assert isinstance(env, RedlineSandboxEnvironment)
     try:
-        yield envs["default"]  # type: ignore[misc]
+        yield env
     finally:
         asyncio.run(RedlineSandboxEnvironment.sample_cleanup("conformance", cfg, envs, False))
+        left = wait_no_leak(root, [env.sandbox.id])
+        assert not any(left.values()), f"the conformance checks leaked: {left}"
 
 
 @pytest.fixture

@@ -264,12 +264,12 @@ class HostLab:
 
 
 # Paths a sandbox has of its own (or shares read-only by design): never evidence of a host view.
-SANDBOX_OWN_PATHS = {"/", "/usr", "/etc", "/tmp", "/var", "/var/tmp", "/home", "/run", "/run/redline",
-                     "/proc", "/dev", "/root", "/opt", "/bin", "/lib", "/lib64", "/sbin"}
+SANDBOX_OWN_PATHS = {"/", "/usr", "/etc", "/tmp", "/var", "/var/tmp", "/home", "/home/agent", "/run",
+                     "/run/redline", "/proc", "/dev", "/root", "/opt", "/bin", "/lib", "/lib64", "/sbin"}
 
 
 def _host_only(path: str) -> bool:
-    shared = ("/usr/", "/proc/", "/dev/", "/etc/", "/opt/")
+    shared = ("/usr/", "/proc/", "/dev/", "/etc/", "/opt/", "/home/agent/")
     return path not in SANDBOX_OWN_PATHS and not path.startswith(shared)
 
 
