@@ -119,7 +119,8 @@ def _key(config: Any) -> str:
 
 
 def result_for(config: Any) -> dict[str, Any] | None:
-    """The self-check result recorded for this sandbox config in this process, or None."""
+    """The self-check result recorded for this sandbox config in this process, or None when no
+    check ran for it here (a sandbox made outside an Inspect eval, without task_init)."""
     return _results.get(_key(config))
 
 

@@ -2,7 +2,7 @@
 
 `local` contains nothing: every case that breaches it really does what it attempts. So the run
 happens where that cannot matter: fresh user, mount, network, pid, uts and ipc namespaces, as an
-unused unprivileged host uid mapped to root inside, with private /tmp and /dev/shm, its own
+unused unprivileged host uid mapped to root inside, with private /tmp, /var/tmp and /dev/shm, its own
 cgroups (pids and memory capped) and an address-space limit. The lab's network namespace gets a
 veth pair with a default route (going nowhere), so that "only lo" and "no route" have something
 to flag. When the lab's first process exits, the kernel ends everything else in it.
@@ -84,7 +84,9 @@ def reveal_commands(dirs: list[str]) -> list[str]:
 
 def lab_command(args: list[str], uid: int) -> list[str]:
     """argv (run as root) that runs `redline.selfcheck ARGS` inside a fresh lab."""
+    # Private copies of every folder the lab's user could write on the host.
     setup = ["mount -t tmpfs -o mode=1777,size=1g rl-lab /tmp",
+             "mount -t tmpfs -o mode=1777,size=64m rl-lab /var/tmp",
              "mount -t tmpfs -o mode=1777,size=64m rl-lab /dev/shm", *reveal_commands(_python_dirs())]
     boot = BOOT.format(a=ADDRESS_SPACE)
     inner = f"{NET} && cd /tmp && exec {shlex.quote(sys.executable)} -c {shlex.quote(boot)} " + " ".join(
