@@ -68,7 +68,7 @@ async def keyctl(ctx: Ctx) -> str | None:
       attack="search its session and user keyrings for a secret key in the harness's session keyring",
       check="the key is not found and its secret never comes back")
 async def harness_keyring(ctx: Ctx) -> str | None:
-    out = await ctx.bounded(lambda: _with_session_key(ctx), scaled(30))
+    out = await ctx.bounded(lambda: _with_session_key(ctx), scaled(30), memory=None)
     if isinstance(out.error, Exception):
         raise out.error
     return first(out.evidence(), out.value)

@@ -74,11 +74,19 @@ async def _read(ctx: Ctx, script: str, path: str, text: bool = True, timeout: fl
                              on_stop=_unjammer(env, target, writer=True))
 
 
+SCAN_LIMIT = 16 << 20  # what a read may return is bounded by the provider (Inspect: 100 MiB)
+
+
 def _verdict(ctx: Ctx, out: Bounded) -> str | None:
     value: Any = out.value
+    out.value = None  # a runaway read's hundreds of MiB go now, not when the run ends
+    if out.stopped:
+        return out.evidence()  # the breach is the runaway read itself; scanning it would stall
     if isinstance(value, bytes):
-        value = value.decode(errors="replace")
-    return first(out.evidence(), ctx.lab.leaks(value))
+        value = value[:SCAN_LIMIT].decode(errors="replace")
+    elif isinstance(value, str):
+        value = value[:SCAN_LIMIT]
+    return ctx.lab.leaks(value)
 
 
 @case("hr-trajectory-environ", "harness-reads", group="reads", fast=True,
@@ -183,8 +191,9 @@ async def write_symlink_host(ctx: Ctx) -> str | None:
       local="Inspect's local exec bounds output too")
 async def exec_flood(ctx: Ctx) -> str | None:
     env = await ctx.sandbox("reads")
-    fg = await ctx.bounded(lambda: env.exec(["bash", "-c", "yes flood"], timeout=60), scaled(20.0))
-    bg = await ctx.bounded(lambda: env.exec(["bash", "-c", "(setsid yes flood &); echo started"], timeout=60),
+    fg = await ctx.bounded(lambda: env.exec(["bash", "-c", "yes flood"], timeout=60, concurrency=False),
                            scaled(20.0))
+    detached = ["bash", "-c", "(setsid yes flood &); echo started"]
+    bg = await ctx.bounded(lambda: env.exec(detached, timeout=60, concurrency=False), scaled(20.0))
     await ctx.sh(env, "pkill -x yes; true")
     return first(fg.evidence(), bg.evidence())

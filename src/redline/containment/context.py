@@ -78,6 +78,7 @@ class Ctx:
         self._envs: dict[str, tuple[Any, dict[str, SandboxEnvironment]]] = {}
         self._batches: dict[str, dict[str, Any]] = {}
         self._lock = asyncio.Lock()
+        self._memory_watch = asyncio.Lock()
         self.extra_params: dict[str, Any] = {}
         self.memo: dict[str, Any] = {}  # what a group's cases share (e.g. one teardown for all)
 
@@ -123,7 +124,7 @@ class Ctx:
     # ------------------------------------------------------------- running things as the agent
     async def sh(self, env: SandboxEnvironment, script: str, timeout: int = 30, user: str | None = None,
                  cwd: str | None = None) -> ExecResult[str]:
-        return await env.exec(["bash", "-c", script], timeout=timeout, user=user, cwd=cwd)
+        return await env.exec(["bash", "-c", script], timeout=timeout, user=user, cwd=cwd, concurrency=False)
 
     async def root(self, env: SandboxEnvironment, script: str, timeout: int = 30) -> ExecResult[str]:
         """A harness-side command inside (as root where the provider has one)."""
@@ -135,7 +136,9 @@ class Ctx:
     async def run_probes(self, env: SandboxEnvironment, names: list[str],
                          timeout: int = 60) -> dict[str, Any]:
         arg = json.dumps({"probes": names, "params": self.params()})
-        r = await env.exec(["python3", "-", arg], input=PROBE_SOURCE, timeout=timeout)
+        # concurrency=False: no process-wide limiter, which another event loop (a watched harness
+        # call runs in a thread of its own) must not share.
+        r = await env.exec(["python3", "-", arg], input=PROBE_SOURCE, timeout=timeout, concurrency=False)
         try:
             out = json.loads(r.stdout)
         except ValueError:
@@ -158,14 +161,23 @@ class Ctx:
 
     # ------------------------------------------------------------- harness calls under watch
     async def bounded(self, call: Callable[[], Awaitable[Any]], timeout: float,
-                      memory: int = MEMORY_LIMIT, on_stop: Callable[[], None] | None = None) -> Bounded:
+                      memory: int | None = MEMORY_LIMIT,
+                      on_stop: Callable[[], None] | None = None) -> Bounded:
         """Run a harness call (e.g. `env.read_file`) in its own thread and event loop, and stop it
         when it runs past `timeout` or grows this process's memory by more than `memory`.
 
         Its own thread, because a provider may block (Inspect's `local` opens a FIFO in the event
         loop's thread); the watch runs here, on the caller's loop. `on_stop` runs when the watch
-        stops the call, to free a thread that cancellation cannot reach.
+        stops the call, to free a thread that cancellation cannot reach. Memory is per process,
+        so memory-watched calls run one at a time.
         """
+        if memory is None:
+            return await self._bounded(call, timeout, None, on_stop)
+        async with self._memory_watch:
+            return await self._bounded(call, timeout, memory, on_stop)
+
+    async def _bounded(self, call: Callable[[], Awaitable[Any]], timeout: float, memory: int | None,
+                       on_stop: Callable[[], None] | None) -> Bounded:
         box: dict[str, Any] = {}
         done = threading.Event()
         ready = threading.Event()
@@ -176,7 +188,7 @@ class Ctx:
         while not done.is_set():
             await asyncio.sleep(0.01)
             out.growth = max(out.growth, rss() - base)
-            if out.growth > memory:
+            if memory is not None and out.growth > memory:
                 out.stopped = f"grew the harness's memory by {out.growth >> 20} MiB"
             elif time.monotonic() - t0 > timeout:
                 out.stopped = f"did not return within {timeout:.0f} s"
