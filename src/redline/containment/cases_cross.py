@@ -9,7 +9,7 @@ from pathlib import Path
 
 from redline.containment.case import NotApplicable, case
 from redline.containment.context import Ctx, scaled
-from redline.containment.host import host_uid, kill_pids, pids_with, read_key_as
+from redline.containment.host import host_uid, kill_pids, pids_named, pids_with, read_key_as
 
 KEYRING_GAP = ("needs issue 12 items 3-4: per-sandbox host uids (user namespace) and keyctl denied: "
                "every sandbox is host uid 1000 and shares its user keyring")
@@ -132,7 +132,7 @@ async def signals(ctx: Ctx) -> str | None:
     r = await ctx.sh(b, f"setsid bash -c 'exec -a {marker} sleep 30' </dev/null >/dev/null 2>&1 & echo $!")
     inner = int(r.stdout.strip())
     deadline = time.monotonic() + scaled(5)
-    while not (host := pids_with(marker)) and time.monotonic() < deadline:
+    while not (host := pids_named(marker)) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     if not host:
         raise RuntimeError("B's marked process did not start")
@@ -140,7 +140,7 @@ async def signals(ctx: Ctx) -> str | None:
         await ctx.sh(a, f"kill -9 {inner} 2>/dev/null; true")
     await ctx.sh(a, f"kill -9 {host[0]} 2>/dev/null; true")
     await asyncio.sleep(0.1)
-    alive = pids_with(marker)
+    alive = pids_named(marker)
     kill_pids(alive)
     return None if alive else "A killed B's process"
 
@@ -235,7 +235,9 @@ async def keyring_outlives(ctx: Ctx) -> str | None:
     r = await a.exec(["python3", "-c", _KEY, "add", f"rl-xkey2-{ctx.lab.run_id}", "outlives"])
     kid = int(r.stdout.strip() or -1)
     await ctx.sh(a, f"(setsid bash -c 'exec -a {marker} sleep 30' </dev/null >/dev/null 2>&1 &)")
-    pids = pids_with(marker)
+    deadline = time.monotonic() + scaled(5)
+    while not (pids := pids_named(marker)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
     uid = host_uid(pids[0]) if pids else None
     kill_pids(pids)
     await ctx.destroy("cross_a")

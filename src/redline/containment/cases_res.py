@@ -13,7 +13,7 @@ from inspect_ai.util import SandboxEnvironment
 
 from redline.containment.case import case, first, refused
 from redline.containment.context import Ctx, scaled
-from redline.containment.host import kill_pids, pids_with
+from redline.containment.host import kill_pids, pids_named, pids_with
 
 NO_CGROUP = "the sandbox's processes share the harness's cgroups: no sandbox cgroup, no caps"
 
@@ -86,14 +86,16 @@ async def stay_in_cgroup(ctx: Ctx) -> str | None:
     await ctx.sh(env, f"(setsid bash -c 'exec -a {marker}-a sleep 60' </dev/null >/dev/null 2>&1 &); "
                       f"(setsid bash -c '(exec -a {marker}-b sleep 60 &)' </dev/null >/dev/null 2>&1 &)")
     deadline = time.monotonic() + scaled(5)
-    while len(pids := pids_with(marker)) < 2 and time.monotonic() < deadline:
+    while len(pids := pids_named(marker)) < 2 and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     try:
+        if len(pids) < 2:
+            raise RuntimeError(f"the detached processes did not start ({len(pids)} of 2)")
         dirs = _cgroup_dirs(ctx, env)
         if dirs is None:
             return NO_CGROUP
         members = [set((d / "cgroup.procs").read_text().split()) for d in dirs]
-        out = [p for p in pids if any(str(p) not in m for m in members)]
+        out = [p for p in pids if any(str(p) not in m for m in members) and Path(f"/proc/{p}").exists()]
         return f"processes {out} left the sandbox's cgroups" if out else None
     finally:
         kill_pids(pids)

@@ -11,7 +11,7 @@ from typing import Any
 
 from redline.containment.case import case
 from redline.containment.context import Ctx, scaled
-from redline.containment.host import kill_pids, pids_with
+from redline.containment.host import kill_pids, pids_named, pids_with
 
 NESTED_GAP = "needs issue 12 item 5: the judge must see processes in nested pid namespaces"
 _DETACH = "(setsid {cmd} </dev/null >/dev/null 2>&1 &)"
@@ -70,15 +70,15 @@ async def _teardown(ctx: Ctx) -> dict[str, Any]:
         await ctx.sh(env, start.replace("{m}", _marker(ctx, name)))
     wanted = [_marker(ctx, n) for n in STARTS if n != "nested-pidns"]
     deadline = time.monotonic() + scaled(5)
-    while not all(pids_with(m) for m in wanted) and time.monotonic() < deadline:
+    while not all(pids_named(m) for m in wanted) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    started = {n: bool(pids_with(_marker(ctx, n))) for n in STARTS}
+    started = {n: bool(pids_named(_marker(ctx, n))) for n in STARTS}
     renv = ctx.redline_env(env)
     hidden: list[int] = []
     state: dict[str, Any] = {}
     if renv is not None:
         listed = {p.host_pid for p in await renv.processes()}
-        hidden = [pid for pid in pids_with(_marker(ctx, "nested-pidns")) if pid not in listed]
+        hidden = [pid for pid in pids_named(_marker(ctx, "nested-pidns")) if pid not in listed]
         sb = renv.sandbox
         state = {"dirs": [str(d) for d in (sb.cgroups.dirs if sb.cgroups else [])], "state": str(sb.state)}
     await ctx.destroy("teardown")

@@ -28,6 +28,22 @@ def pids_with(marker: str) -> list[int]:
     return out
 
 
+def pids_named(prefix: str) -> list[int]:
+    """Host pids whose argv[0] starts with `prefix`: the marked processes themselves (`exec -a
+    MARKER`), not the short-lived shells whose scripts merely mention the marker."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            argv0 = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0", 1)[0]
+        except OSError:
+            continue
+        if argv0.startswith(prefix.encode()):
+            out.append(int(d))
+    return out
+
+
 def kill_pids(pids: list[int]) -> None:
     for pid in pids:
         try:
