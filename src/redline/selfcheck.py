@@ -178,6 +178,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="known weaknesses count as failures")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--list", action="store_true", help="print the case table and exit")
+    p.add_argument("--markdown", action="store_true", help="with --list: as a Markdown table (docs)")
     return p
 
 
@@ -207,6 +208,18 @@ def _print_table(cases: list[Case]) -> None:
             print(f"{'':45}{c.gap}")
 
 
+def markdown_table(cases: list[Case]) -> str:
+    """The case table of docs/escape-suite.md ("today" = the case's known gap, if any)."""
+    lines = ["| case | category | fast | the agent (or harness) does | the host checks | redline today "
+             "| local |", "|---|---|---|---|---|---|---|"]
+    for c in cases:
+        today = "xfail: " + c.gap.removeprefix("needs issue 12 ") if c.gap else "contained"
+        local = f"n/a: {c.local}" if c.local else "flagged"
+        lines.append(f"| `{c.name}` | {c.category} | {'yes' if c.fast else ''} | {c.attack} | {c.check} "
+                     f"| {today} | {local} |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(argv) if argv is not None else sys.argv[1:]
     try:
@@ -218,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"redline selfcheck: {e}", file=sys.stderr)
         return 2
     if args.list:
-        _print_table(cases)
+        print(markdown_table(cases)) if args.markdown else _print_table(cases)
         return 0
     if args.against_local:
         return _against_local(argv)

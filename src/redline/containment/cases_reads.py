@@ -66,7 +66,7 @@ def _unjammer(env: SandboxEnvironment, path: str, writer: bool) -> Callable[[], 
     return unjam
 
 
-async def _read(ctx: Ctx, script: str, path: str, text: bool = True, timeout: float = 5.0) -> Bounded:
+async def _read(ctx: Ctx, script: str, path: str, text: bool = True, timeout: float = 8.0) -> Bounded:
     env = await ctx.sandbox("reads")
     await _plant(ctx, env, script)
     target = _path(ctx, path)
@@ -135,7 +135,7 @@ async def etc_shadow(ctx: Ctx) -> str | None:
 
 @case("hr-read-fifo", "harness-reads", group="reads", gap=READ_GAP,
       attack="replace a file the harness reads by a FIFO nobody writes",
-      check="read_file returns or fails within 5 s (scaled)")
+      check="read_file returns or fails within 8 s (scaled)")
 async def read_fifo(ctx: Ctx) -> str | None:
     out = await _read(ctx, "rm -f fifo.txt && mkfifo fifo.txt", "/home/agent/fifo.txt")
     return _verdict(ctx, out)
@@ -143,7 +143,7 @@ async def read_fifo(ctx: Ctx) -> str | None:
 
 @case("hr-read-dev-zero", "harness-reads", group="reads", gap=READ_GAP,
       attack="symlink a file the harness reads to /dev/zero (size 0, endless)",
-      check="the harness's memory does not grow by 384 MiB and the read ends within 5 s")
+      check="the harness's memory does not grow by 384 MiB and the read ends within 8 s")
 async def read_dev_zero(ctx: Ctx) -> str | None:
     out = await _read(ctx, "ln -sfn /dev/zero zero.txt", "/home/agent/zero.txt", text=False)
     return _verdict(ctx, out)
@@ -163,12 +163,12 @@ async def read_sparse(ctx: Ctx) -> str | None:
 
 @case("hr-write-fifo", "harness-reads", group="reads", gap=READ_GAP,
       attack="replace a file the harness writes (write_file) by a FIFO nobody reads",
-      check="write_file returns or fails within 5 s (scaled)")
+      check="write_file returns or fails within 8 s (scaled)")
 async def write_fifo(ctx: Ctx) -> str | None:
     env = await ctx.sandbox("reads")
     await _plant(ctx, env, "rm -f wfifo.txt && mkfifo wfifo.txt")
     target = _path(ctx, "/home/agent/wfifo.txt")
-    out = await ctx.bounded(lambda: env.write_file(target, "harness data\n"), scaled(5.0),
+    out = await ctx.bounded(lambda: env.write_file(target, "harness data\n"), scaled(8.0),
                             on_stop=_unjammer(env, target, writer=False))
     return out.evidence()
 
@@ -181,7 +181,7 @@ async def write_symlink_host(ctx: Ctx) -> str | None:
     host = ctx.lab.drop_dir / f"{ctx.lab.drop_name}-w"
     await _plant(ctx, env, f"ln -sfn {host} wlink.txt")
     out = await ctx.bounded(lambda: env.write_file(_path(ctx, "/home/agent/wlink.txt"), "agent data"),
-                            scaled(5.0))
+                            scaled(8.0))
     return first(out.evidence(), f"the harness wrote {host} on the host" if host.exists() else None)
 
 

@@ -85,7 +85,7 @@ async def stay_in_cgroup(ctx: Ctx) -> str | None:
     marker = f"rl-stay-{ctx.lab.run_id}"
     await ctx.sh(env, f"(setsid bash -c 'exec -a {marker}-a sleep 60' </dev/null >/dev/null 2>&1 &); "
                       f"(setsid bash -c '(exec -a {marker}-b sleep 60 &)' </dev/null >/dev/null 2>&1 &)")
-    deadline = time.monotonic() + scaled(5)
+    deadline = time.monotonic() + scaled(15)
     while len(pids := pids_named(marker)) < 2 and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     try:
@@ -127,7 +127,7 @@ async def cg_mount(ctx: Ctx) -> str | None:
 
 @case("res-fork-bomb", "resources", group="caps", timeout=90,
       attack="fork 4 x pids_max processes that hold on for 3 s (bounded, so safe where nothing caps it)",
-      check="at most pids_max exist; the host still starts a process within 2 s (scaled)")
+      check="at most pids_max exist; the host still starts a process within 5 s (scaled)")
 async def fork_bomb(ctx: Ctx) -> str | None:
     env = await ctx.sandbox("caps", small=True)
     cap = ctx.caps()["pids_max"]
@@ -140,7 +140,7 @@ async def fork_bomb(ctx: Ctx) -> str | None:
     kill_pids(left)
     made = int(r.stdout.strip() or 0)
     return first(f"{made} processes forked past a cap of {cap}" if made >= cap else None,
-                 f"the host took {latency:.1f} s to start a process" if latency > scaled(2) else None,
+                 f"the host took {latency:.1f} s to start a process" if latency > scaled(5) else None,
                  f"{len(left)} bomb processes outlived their 3 s" if left else None)
 
 
