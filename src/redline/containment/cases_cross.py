@@ -9,7 +9,7 @@ from pathlib import Path
 
 from redline.containment.case import NotApplicable, case
 from redline.containment.context import Ctx, scaled
-from redline.containment.host import host_uid, kill_pids, pids_named, pids_with, read_key_as
+from redline.containment.host import detached, host_uid, kill_pids, pids_named, pids_with, read_key_as
 
 KEYRING_GAP = ("needs issue 12 items 3-4: per-sandbox host uids (user namespace) and keyctl denied: "
                "every sandbox is host uid 1000 and shares its user keyring")
@@ -116,7 +116,7 @@ def _port(ctx: Ctx) -> int:
 async def processes(ctx: Ctx) -> str | None:
     a, b = await _ab(ctx)
     marker = f"rl-xproc-{ctx.lab.run_id}"
-    await ctx.sh(b, f"(setsid bash -c 'exec -a {marker} sleep 30' </dev/null >/dev/null 2>&1 &)")
+    await ctx.sh(b, detached(marker))
     pattern = marker.replace("xproc", "xpro[c]")  # so that grep does not find itself
     r = await ctx.sh(a, f"grep -l -a '{pattern}' /proc/[0-9]*/cmdline 2>/dev/null || true")
     kill_pids(pids_with(marker))
@@ -129,6 +129,7 @@ async def processes(ctx: Ctx) -> str | None:
 async def signals(ctx: Ctx) -> str | None:
     a, b = await _ab(ctx)
     marker = f"rl-xsig-{ctx.lab.run_id}"
+    # Not in a subshell: $! is then the marked process's own pid inside B.
     r = await ctx.sh(b, f"setsid bash -c 'exec -a {marker} sleep 30' </dev/null >/dev/null 2>&1 & echo $!")
     inner = int(r.stdout.strip())
     deadline = time.monotonic() + scaled(5)
@@ -234,7 +235,7 @@ async def keyring_outlives(ctx: Ctx) -> str | None:
     marker = f"rl-xuid-{ctx.lab.run_id}"
     r = await a.exec(["python3", "-c", _KEY, "add", f"rl-xkey2-{ctx.lab.run_id}", "outlives"])
     kid = int(r.stdout.strip() or -1)
-    await ctx.sh(a, f"(setsid bash -c 'exec -a {marker} sleep 30' </dev/null >/dev/null 2>&1 &)")
+    await ctx.sh(a, detached(marker))
     deadline = time.monotonic() + scaled(5)
     while not (pids := pids_named(marker)) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)

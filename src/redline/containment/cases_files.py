@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from redline.containment.case import NotApplicable, case, first, refused
 from redline.containment.context import Ctx
+from redline.containment.host import shadow_users_in
 from redline.containment.lab import host_usr_local
 
 # What a sandbox's /dev may hold: bwrap's minimal set, never a host disk or kernel memory.
@@ -33,12 +32,7 @@ async def etc_shadow(ctx: Ctx) -> str | None:
     res = (await ctx.probe("main", "read_paths"))["/etc/shadow"]
     if not res.get("ok"):
         return None
-    try:
-        host = [line for line in Path("/etc/shadow").read_text().splitlines() if ":" in line]
-    except OSError:
-        host = []
-    data = res.get("data", "")
-    leaked = [line.split(":", 1)[0] for line in host if line in data]
+    leaked = shadow_users_in(res.get("data", ""))
     return f"host /etc/shadow lines readable inside (users {leaked[:5]})" if leaked else None
 
 

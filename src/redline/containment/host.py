@@ -44,6 +44,20 @@ def pids_named(prefix: str) -> list[int]:
     return out
 
 
+def detached(marker: str, seconds: int = 30) -> str:
+    """Agent shell for a process named `marker` that leaves the command's session and pipes."""
+    return f"(setsid bash -c 'exec -a {marker} sleep {seconds}' </dev/null >/dev/null 2>&1 &)"
+
+
+def shadow_users_in(text: str) -> list[str]:
+    """Users whose line of the host's /etc/shadow appears in `text`."""
+    try:
+        lines = [line for line in Path("/etc/shadow").read_text().splitlines() if ":" in line]
+    except OSError:
+        return []
+    return [line.split(":", 1)[0] for line in lines if line in text]
+
+
 def kill_pids(pids: list[int]) -> None:
     for pid in pids:
         try:
