@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -51,6 +51,11 @@ class RedlineSandboxConfig(BaseModel):
     )
     channel: bool = Field(
         default=True, description="lend a host directory read-only at /run/redline (model channel)"
+    )
+    selfcheck: Literal["required", "warn", "off"] = Field(
+        default="required",
+        description="containment self-check before the first sample: a failure stops the eval "
+                    "(required), only warns (warn), or the check is skipped (off); see redline.selfcheck",
     )
     cgroup_root: str = "/sys/fs/cgroup"
     state_root: str = "/run/redline"

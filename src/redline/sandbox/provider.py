@@ -55,6 +55,10 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
         removed = sweep(Path(cfg.state_root))
         if removed:
             logger.warning("redline: removed %d stale sandbox(es) of dead runs", len(removed))
+        # The containment self-check against this exact config, before the first sample.
+        from redline import selfcheck
+
+        await selfcheck.before_task(cfg)
 
     @classmethod
     async def sample_init(
