@@ -44,8 +44,9 @@ def success_rates(rows: Sequence[SuccessRow]) -> bytes | None:
     ax = fig.add_subplot()
     ys = list(range(len(rows)))[::-1]
     rates = [r.rate or 0.0 for r in rows]
-    err = [[(r.rate or 0) - (r.wilson_low or 0) for r in rows],
-           [(r.wilson_high or 0) - (r.rate or 0) for r in rows]]
+    # Clamped at 0: for n/n the Wilson bound can round to just below the rate (4/4: 0.9999999999999999).
+    err = [[max(0.0, (r.rate or 0) - (r.wilson_low or 0)) for r in rows],
+           [max(0.0, (r.wilson_high or 0) - (r.rate or 0)) for r in rows]]
     ax.barh(ys, rates, xerr=err, color=_COLORS[0], capsize=3, height=0.6)
     ax.set_yticks(ys, [_label(f"{r.model} · {r.scenario}", 50) for r in rows], fontsize=8)
     for y, r in zip(ys, rows, strict=True):
