@@ -1,0 +1,184 @@
+"""A grid on a Ray cluster: each shard a Ray task, all logging into one shared directory.
+
+- A shard declares what it needs: `num_cpus`, `num_gpus` (full mode), and one unit of the custom
+  resource that marks nodes able to run redline's root sandbox (`redline_sandbox` unless the grid
+  says otherwise). Nodes offer it with `ray start --resources='{"redline_sandbox": N}'`.
+- Ray reruns a shard whose worker or node died (`ray.max_retries`) on another node that has the
+  resources. The rerun resumes from the log the dead attempt left (Inspect reuses the samples it
+  had written), and replaces it: see `resume.py` for why nothing is then counted twice.
+- Every shard runs in a fresh worker process (`max_calls=1`), so that nothing from one shard's
+  Inspect run (registries, hooks, sandboxes) leaks into the next, and its exit tears down
+  whatever it started.
+- Shards that finished in an earlier run are not started at all (`resume.shard_finished`).
+- Ctrl-C cancels the shards, which kills their processes (and so their sandboxes); their logs are
+  resumed by the next run. If the driver itself dies, Ray ends its job's workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from redline.grid import manifest, resume
+from redline.grid.plan import Shard, shards
+from redline.grid.progress import Display, ProgressBook
+from redline.grid.spec import Grid, GridError, RayOptions
+
+RAY_MISSING = ("--ray needs Ray, which the main install leaves out: pip install 'redline[grid]' "
+               "(same version on every node)")
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise GridError([RAY_MISSING]) from None
+    return ray
+
+
+def shard_resources(opts: RayOptions) -> dict[str, float]:
+    res = dict(opts.resources)
+    if opts.sandbox_resource:
+        res[opts.sandbox_resource] = res.get(opts.sandbox_resource, 1)
+    return res
+
+
+def check_cluster(ray: Any, opts: RayOptions, address: str) -> None:
+    """Some live node must offer everything one shard reserves, or the shards would wait forever."""
+    need = {"CPU": opts.num_cpus, "GPU": opts.num_gpus, **shard_resources(opts)}
+    need = {k: v for k, v in need.items() if v > 0}
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if any(all(n.get("Resources", {}).get(k, 0) >= v for k, v in need.items()) for n in nodes):
+        return
+    have = "; ".join(f"{n.get('NodeManagerAddress')}: {n.get('Resources', {})}" for n in nodes)
+    custom = shard_resources(opts)
+    raise GridError([f"no node of the Ray cluster at {address} offers what a shard needs ({need}); "
+                     f"nodes that can run the sandbox are started with --resources='{custom}' "
+                     f"(cluster: {have or 'no live node'})"])
+
+
+def orphans(log_dir: str, planned: list[Shard]) -> list[str]:
+    """Folders holding logs that no shard of this grid writes (the grid changed since they ran)."""
+    folders = {s.folder(log_dir).removeprefix("file://") for s in planned}
+    found = {name.removeprefix("file://").rsplit("/", 1)[0] for name in resume.log_files(log_dir)}
+    return sorted(found - folders)
+
+
+def _short(e: BaseException) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[-1] if lines else ''}"[:500]
+
+
+class Driver:
+    """Submits the pending shards and follows them to the end."""
+
+    def __init__(self, ray: Any, grid: Grid, log_dir: str, grid_id: str, display: Display) -> None:
+        self.ray, self.grid, self.log_dir, self.grid_id, self.display = ray, grid, log_dir, grid_id, display
+        self.results: dict[str, dict[str, Any]] = {}
+        self.seen_lost: set[tuple[str, int]] = set()
+
+    def start_book(self, all_shards: list[Shard], finished: list[Shard]) -> Any:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = self.ray.get_runtime_context().get_node_id()
+        actor = self.ray.remote(num_cpus=0, max_restarts=0)(ProgressBook).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False))
+        book = actor.remote({s.id: s.trials for s in all_shards})
+        for s in finished:
+            record = resume.read_record(s.folder(self.log_dir)) or {}
+            done, errored = resume.counts(record.get("log", ""))
+            book.finish.remote(s.id, {"ok": True, "done": done, "errored": errored, "reused": True})
+        return book
+
+    def submit(self, pending: list[Shard], book: Any) -> dict[Any, Shard]:
+        from redline.grid.shard import run_shard
+
+        opts = self.grid.ray
+        remote = self.ray.remote(max_calls=1)(run_shard)
+        options: dict[str, Any] = {"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus,
+                                   "resources": shard_resources(opts), "max_retries": opts.max_retries,
+                                   "retry_exceptions": False}
+        if opts.env:
+            options["runtime_env"] = {"env_vars": {k: os.environ[k] for k in opts.env}}
+        return {remote.options(name=f"redline-shard {s.id}", **options).remote(
+            s.payload(self.log_dir, self.grid.eval, self.grid_id), book): s for s in pending}
+
+    def _collect(self, ref: Any, shard: Shard, book: Any) -> None:
+        try:
+            result = self.ray.get(ref)
+        except Exception as e:  # the shard's task failed for good (retries exhausted, or cancelled)
+            result = {"id": shard.id, "ok": False, "error": _short(e), "done": 0, "errored": 0}
+        self.results[shard.id] = result
+        book.finish.remote(shard.id, result)
+        where = f" on {result['node']}" if result.get("node") else ""
+        if result.get("ok"):
+            self.display.note(f"finished {shard.id}{where}: {result.get('done', 0)} trial(s)")
+        else:
+            self.display.note(f"FAILED {shard.id}{where}: {result.get('error')}")
+
+    def _note_lost(self, snap: dict[str, Any]) -> None:
+        for sid, s in snap["shards"].items():
+            for i, a in enumerate(s["attempts"]):
+                if a["outcome"] == "lost" and (sid, i) not in self.seen_lost:
+                    self.seen_lost.add((sid, i))
+                    self.display.note(f"lost {sid} on {a['node']} (worker or node died): Ray reruns it")
+
+    def alive_nodes(self) -> int | None:
+        try:
+            return sum(1 for n in self.ray.nodes() if n.get("Alive"))
+        except Exception:
+            return None
+
+    def follow(self, refs: dict[Any, Shard], book: Any) -> dict[str, Any]:
+        snap: dict[str, Any] = {}
+        try:
+            while refs:
+                ready, _ = self.ray.wait(list(refs), num_returns=len(refs), timeout=1.0)
+                for ref in ready:
+                    self._collect(ref, refs.pop(ref), book)
+                snap = self.ray.get(book.snapshot.remote(), timeout=30)
+                self._note_lost(snap)
+                self.display.update(snap, self.alive_nodes())
+        except KeyboardInterrupt:
+            for ref in refs:
+                self.ray.cancel(ref, force=True)
+            raise
+        snap = self.ray.get(book.snapshot.remote(), timeout=30)
+        self.display.update(snap, self.alive_nodes(), final=True)
+        return snap
+
+
+def run_on_ray(grid: Grid, log_dir: str, address: str, node_ip: str | None,
+               display: Display) -> tuple[bool, dict[str, Any]]:
+    """Run (or complete) the grid on the Ray cluster at `address`."""
+    planned = shards(grid)
+    with manifest.lock(log_dir):
+        stray = orphans(log_dir, planned)
+        if stray:
+            raise GridError([f"{log_dir}: holds logs that this grid does not plan (its trials, shard_trials, "
+                             f"labels or args changed?): {', '.join(stray[:5])}; use a fresh --log-dir"])
+        finished = [s for s in planned if resume.shard_finished(s.folder(log_dir), s.key)]
+        pending = [s for s in planned if s not in finished]
+        data = manifest.begin(log_dir, grid, "ray")
+        if not pending:
+            display.note(f"nothing to do: all {len(planned)} shard(s) already finished in {log_dir}")
+            manifest.finish(log_dir, data, ok=True, address=address, shards={})
+            return True, {"shards": {}}
+        ray = import_ray()
+        ray.init(address=address, _node_ip_address=node_ip, log_to_driver=False,
+                 logging_level=logging.WARNING)
+        try:
+            check_cluster(ray, grid.ray, address)
+            driver = Driver(ray, grid, log_dir, data["grid_id"], display)
+            display.note(f"{len(pending)} shard(s) to run, {len(finished)} already finished; "
+                         f"{sum(1 for n in ray.nodes() if n.get('Alive'))} node(s)")
+            book = driver.start_book(planned, finished)
+            with display:
+                snap = driver.follow(driver.submit(pending, book), book)
+        finally:
+            ray.shutdown()
+        ok = all(r.get("ok") for r in driver.results.values())
+        manifest.finish(log_dir, data, ok=ok, address=address, shards=snap.get("shards", {}),
+                        results=driver.results)
+    return ok, snap
