@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from redline.grid.spec import ModelEntry, ModelSpec, ScenarioEntry, ScenarioSpec
+from redline.grid.spec import ModelEntry, ModelSpec, ScenarioEntry, ScenarioSpec, slug
 
 PACKAGE = "redline"
 
@@ -90,7 +90,7 @@ def check_scenarios(entries: list[tuple[int, ScenarioEntry]], source: str, probl
     seen: dict[str, str] = {}
     for s in out:
         key = json.dumps([s.task, s.args], sort_keys=True, default=str)
-        if key in seen:
+        if key in seen and slug(seen[key]) != slug(s.label):
             problems.append(f"{source}: scenarios '{seen[key]}' and '{s.label}' are the same task with the "
                             "same args: one trial set cannot be run twice")
         seen.setdefault(key, s.label)
@@ -145,7 +145,7 @@ def check_models(entries: list[tuple[int, ModelEntry]], source: str, problems: l
     seen: dict[str, str] = {}
     for m in out:
         key = json.dumps(m.identity(), sort_keys=True, default=str)
-        if key in seen:
+        if key in seen and slug(seen[key]) != slug(m.label):
             problems.append(f"{source}: models '{seen[key]}' and '{m.label}' are the same model for Inspect "
                             "(same name, args and config; base_url is not part of a trial's identity)")
         seen.setdefault(key, m.label)
@@ -153,8 +153,6 @@ def check_models(entries: list[tuple[int, ModelEntry]], source: str, problems: l
 
 
 def _unique(labels: list[str], what: str, source: str, problems: list[str]) -> None:
-    from redline.grid.spec import slug
-
     seen: dict[str, str] = {}
     for label in labels:
         if slug(label) in seen:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 from redline.grid import manifest, resume
@@ -77,6 +78,8 @@ class Driver:
         self.ray, self.grid, self.log_dir, self.grid_id, self.display = ray, grid, log_dir, grid_id, display
         self.results: dict[str, dict[str, Any]] = {}
         self.seen_lost: set[tuple[str, int]] = set()
+        self.nodes: set[str] = set()
+        self.submitted: dict[str, float] = {}
 
     def start_book(self, all_shards: list[Shard], finished: list[Shard]) -> Any:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -101,14 +104,19 @@ class Driver:
                                    "retry_exceptions": False}
         if opts.env:
             options["runtime_env"] = {"env_vars": {k: os.environ[k] for k in opts.env}}
-        return {remote.options(name=f"redline-shard {s.id}", **options).remote(
-            s.payload(self.log_dir, self.grid.eval, self.grid_id), book): s for s in pending}
+        refs = {}
+        for s in pending:
+            self.submitted[s.id] = time.time()
+            refs[remote.options(name=f"redline-shard {s.id}", **options).remote(
+                s.payload(self.log_dir, self.grid.eval, self.grid_id), book)] = s
+        return refs
 
     def _collect(self, ref: Any, shard: Shard, book: Any) -> None:
         try:
             result = self.ray.get(ref)
         except Exception as e:  # the shard's task failed for good (retries exhausted, or cancelled)
             result = {"id": shard.id, "ok": False, "error": _short(e), "done": 0, "errored": 0}
+        result.update(submitted_at=self.submitted.get(shard.id), collected_at=time.time())
         self.results[shard.id] = result
         book.finish.remote(shard.id, result)
         where = f" on {result['node']}" if result.get("node") else ""
@@ -122,13 +130,19 @@ class Driver:
             for i, a in enumerate(s["attempts"]):
                 if a["outcome"] == "lost" and (sid, i) not in self.seen_lost:
                     self.seen_lost.add((sid, i))
-                    self.display.note(f"lost {sid} on {a['node']} (worker or node died): Ray reruns it")
+                    self.display.note(f"lost {sid} on {a['node']} (its worker or node died): Ray reruns it "
+                                      "where a slot is free, resuming from its log")
 
-    def alive_nodes(self) -> int | None:
+    def watch_nodes(self, book: Any) -> int | None:
+        """Tell the book about nodes that died since the last look; returns how many are alive."""
         try:
-            return sum(1 for n in self.ray.nodes() if n.get("Alive"))
-        except Exception:
+            alive = {str(n.get("NodeManagerAddress")) for n in self.ray.nodes() if n.get("Alive")}
+        except Exception:  # the GCS is busy: try again next round
             return None
+        if self.nodes - alive:
+            book.nodes_down.remote(sorted(self.nodes - alive))
+        self.nodes = alive
+        return len(alive)
 
     def follow(self, refs: dict[Any, Shard], book: Any) -> dict[str, Any]:
         snap: dict[str, Any] = {}
@@ -137,15 +151,16 @@ class Driver:
                 ready, _ = self.ray.wait(list(refs), num_returns=len(refs), timeout=1.0)
                 for ref in ready:
                     self._collect(ref, refs.pop(ref), book)
+                nodes = self.watch_nodes(book)
                 snap = self.ray.get(book.snapshot.remote(), timeout=30)
                 self._note_lost(snap)
-                self.display.update(snap, self.alive_nodes())
+                self.display.update(snap, nodes)
         except KeyboardInterrupt:
             for ref in refs:
                 self.ray.cancel(ref, force=True)
             raise
         snap = self.ray.get(book.snapshot.remote(), timeout=30)
-        self.display.update(snap, self.alive_nodes(), final=True)
+        self.display.update(snap, len(self.nodes), final=True)
         return snap
 
 
@@ -154,6 +169,7 @@ def run_on_ray(grid: Grid, log_dir: str, address: str, node_ip: str | None,
     """Run (or complete) the grid on the Ray cluster at `address`."""
     planned = shards(grid)
     with manifest.lock(log_dir):
+        manifest.check_mode(log_dir, "ray")
         stray = orphans(log_dir, planned)
         if stray:
             raise GridError([f"{log_dir}: holds logs that this grid does not plan (its trials, shard_trials, "

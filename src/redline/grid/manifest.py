@@ -45,13 +45,19 @@ def write(log_dir: str, data: dict[str, Any]) -> None:
         json.dump(data, f, indent=1, default=str)
 
 
-def begin(log_dir: str, grid: Grid, mode: str) -> dict[str, Any]:
-    """The manifest for a run in `mode` ("local" or "ray"), created or continued."""
+def check_mode(log_dir: str, mode: str) -> dict[str, Any] | None:
+    """The manifest, if any; an error if the directory was started the other way."""
     data = read(log_dir)
     if data is not None and data.get("mode") not in (None, mode):
         other = "locally" if data.get("mode") == "local" else "on Ray"
         raise GridError([f"{log_dir}: this grid was started {other}; continue it the same way, or use a "
                          "fresh --log-dir"])
+    return data
+
+
+def begin(log_dir: str, grid: Grid, mode: str) -> dict[str, Any]:
+    """The manifest for a run in `mode` ("local" or "ray"), created or continued."""
+    data = check_mode(log_dir, mode)
     if data is None:
         data = {"grid_id": uuid.uuid4().hex[:22], "mode": mode, "runs": []}
     data["grid"] = grid.normalized()

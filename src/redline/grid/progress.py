@@ -59,6 +59,14 @@ class ProgressBook:
                 old.outcome, old.ended, old.running = "lost", time.time(), set()
         self.attempts[shard].append(Attempt(token, node, pid, time.time(), reused=reused, done=reused))
 
+    def nodes_down(self, nodes: list[str]) -> None:
+        """The driver saw these nodes die: their running attempts are lost (Ray reruns them, maybe
+        only once a slot frees up elsewhere; until then they are neither running nor done)."""
+        for attempts in self.attempts.values():
+            for a in attempts:
+                if a.outcome == "running" and a.node in nodes:
+                    a.outcome, a.ended, a.running = "lost", time.time(), set()
+
     def sample(self, shard: str, token: str, sample: str, event: str) -> None:
         a = self._current(shard, token)
         if a is None:  # a report from a superseded attempt
@@ -92,8 +100,11 @@ class ProgressBook:
                 done = int(final.get("done", 0))
                 failed = int(final.get("errored", 0)) + (0 if ok else max(planned - done, 0))
                 state, running = ("finished" if ok else "failed"), 0
-            elif live is not None:
+            elif live is not None and live.outcome == "running":
                 done, failed, running, state = live.done, live.failed, len(live.running), "running"
+            elif live is not None:  # lost, and not restarted yet
+                done = failed = running = 0
+                state = "retrying"
             else:
                 done = failed = running = 0
                 state = "pending"
@@ -105,13 +116,14 @@ class ProgressBook:
 
 def totals(shards: dict[str, dict[str, Any]]) -> dict[str, int]:
     out = {"planned": 0, "done": 0, "running": 0, "failed": 0, "shards": len(shards), "shards_finished": 0,
-           "shards_running": 0, "shards_failed": 0, "retries": 0}
+           "shards_running": 0, "shards_failed": 0, "shards_retrying": 0, "retries": 0}
     for s in shards.values():
         for k in ("planned", "done", "running", "failed"):
             out[k] += s[k]
         out["shards_finished"] += s["state"] == "finished"
         out["shards_running"] += s["state"] == "running"
         out["shards_failed"] += s["state"] == "failed"
+        out["shards_retrying"] += s["state"] == "retrying"
         out["retries"] += max(len(s["attempts"]) - 1, 0)
     return out
 
@@ -166,7 +178,9 @@ def _clock(seconds: float) -> str:
 def status_line(snap: dict[str, Any], elapsed: float, nodes: int | None = None) -> str:
     t = snap["totals"]
     node_text = f" · nodes {nodes}" if nodes is not None else ""
-    retried = f", {t['retries']} retried" if t["retries"] else ""
+    retried = f", {t['retries']} rerun" if t["retries"] else ""
+    if t["shards_retrying"]:
+        retried += f", {t['shards_retrying']} waiting to rerun"
     return (f"trials {t['done'] + t['failed']}/{t['planned']}: done {t['done']} · running {t['running']} · "
             f"failed {t['failed']} | shards {t['shards_finished']}/{t['shards']} finished, "
             f"{t['shards_running']} running, {t['shards_failed']} failed{retried}{node_text} | "

@@ -8,6 +8,7 @@ returns a plain dict, the driver's only source of truth about the shard.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from typing import Any
 
@@ -42,8 +43,10 @@ def run_shard(payload: dict[str, Any], book: Any = None) -> dict[str, Any]:
     """Run the shard described by `payload` (see `plan.Shard.payload`); report to `book` if given."""
     from redline.grid import progress
 
+    started = time.time()
     folder = payload["folder"]
     result: dict[str, Any] = {"id": payload["id"], "ok": False, "node": _node_ip(), "pid": os.getpid(),
+                              "started_at": started, "eval_seconds": None,
                               "log": None, "status": None, "done": 0, "errored": 0, "error": None,
                               "damaged": resume.set_aside_damaged(folder)}
     if book is not None:
@@ -52,7 +55,9 @@ def run_shard(payload: dict[str, Any], book: Any = None) -> dict[str, Any]:
         book.attempt.remote(payload["id"], token, result["node"], os.getpid(), reused)
         progress.activate(progress.Reporter(book, payload["id"], token))
     try:
+        t = time.monotonic()
         log = _evaluate(payload)
+        result["eval_seconds"] = time.monotonic() - t
     except Exception as e:  # an error of the set-up (Inspect's prerequisites, the model's creation)
         result["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         return result
