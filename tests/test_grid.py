@@ -173,7 +173,7 @@ def test_bad_grid_is_refused_before_anything_starts(case: str, tmp_path: Path,
     text, expected = BAD_GRIDS[case]
     grid = tmp_path / "grid.yaml"
     grid.write_text(text)
-    for extra in ([], ["--ray", "127.0.0.1:1"]):  # checked before Ray is ever contacted
+    for extra in ([], ["--ray", "127.0.0.9:1"]):  # checked before Ray is ever contacted
         rc = main([str(grid), "--log-dir", str(tmp_path / "logs"), *extra])
         err = capsys.readouterr().err
         assert rc == 2
@@ -309,6 +309,6 @@ def test_local_grid_killed_resumed_and_rerun(tmp_path: Path, no_sandbox_left: Sa
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p: p.stat().st_mtime_ns for p in log_dir.glob("*.eval")} == logs
     # the other way of running cannot take this directory over
-    ray = subprocess.run(grid_command(grid, log_dir, "--ray", "127.0.0.1:1"), capture_output=True, text=True,
+    ray = subprocess.run(grid_command(grid, log_dir, "--ray", "127.0.0.9:1"), capture_output=True, text=True,
                          timeout=120)
     assert ray.returncode == 2 and "this grid was started locally" in ray.stderr, ray.stderr

@@ -3,7 +3,9 @@
 The head is 127.0.0.2 and the worker 127.0.0.3, both inside a private network namespace that holds
 only `lo` (see `redline.grid.loopback`); the grid's driver runs there too. The grid is the issue's:
 2 scenarios × 2 scripted models × 4 trials; self_replication has three instructions (three samples),
-so each model has 3·4 + 1·4 = 16 trials.
+so each model has 3·4 + 1·4 = 16 trials. One run covers the issue's three checks (they share the
+cost of 32 trials on 2 cores): shards run on both nodes, the worker dies mid-run and the totals do
+not change, and re-running the finished grid does nothing.
 """
 
 from __future__ import annotations
@@ -138,51 +140,58 @@ def assert_rerun_does_nothing(cluster: LoopbackCluster, grid: Path, log_dir: Pat
     assert {p: p.stat().st_mtime_ns for p in log_dir.rglob("*.eval")} == before
 
 
+def wait_for_victim(proc: Any, status: Path) -> list[str]:
+    """Worker shards with logged and running trials, once the worker has also finished a shard."""
+    deadline = time.monotonic() + 400
+    while True:
+        assert proc.poll() is None and time.monotonic() < deadline, "the worker never got that far"
+        time.sleep(0.3)
+        try:
+            shards = json.loads(status.read_text())["shards"]
+        except (OSError, ValueError):  # not written yet
+            continue
+        on_worker = [(k, s) for k, s in shards.items()
+                     if s["attempts"] and s["attempts"][-1]["node"] == WORKER]
+        finished = [k for k, s in on_worker if s["state"] == "finished"]
+        # trials logged, one running, and enough left that the shard cannot finish before the kill
+        victims = [k for k, s in on_worker
+                   if s["state"] == "running" and s["done"] >= 1 and s["running"] >= 1
+                   and s["planned"] - s["done"] >= 3]
+        if finished and victims:
+            return victims
+
+
 @pytest.mark.timeout(600)
-def test_grid_on_two_nodes_counts_every_trial_once(cluster: LoopbackCluster, tmp_path: Path,
-                                                   no_sandbox_left: SandboxWatch) -> None:
+def test_grid_on_two_nodes_survives_the_worker_dying(cluster: LoopbackCluster, tmp_path: Path,
+                                                     no_sandbox_left: SandboxWatch) -> None:
+    """Both nodes run shards; the worker is killed mid-run (SIGKILL to all its processes, as if
+    its machine died); its unfinished shards are rerun on the head, resume from their partial logs
+    and replace them; the merged report counts every trial exactly once; a rerun does nothing."""
     assert cluster.alive_nodes() == [HEAD, WORKER]
     assert_loopback_only(cluster)
-    grid, log_dir = _grid(tmp_path, shard_trials=2), tmp_path / "logs"
-    out = _wait(_driver(cluster, grid, log_dir, tmp_path / "status.json"), log_dir)
-    assert "trials 32/32: done 32 · running 0 · failed 0" in out, out[-3000:]
-    assert_loopback_only(cluster)  # with the driver, workers and sandboxes' model channels at work
-    nodes = {a[-1]["node"] for a in attempts(log_dir).values()}
-    assert nodes == {HEAD, WORKER}, attempts(log_dir)
-    assert all(len(a) == 1 and a[0]["outcome"] == "finished" for a in attempts(log_dir).values())
-    folders = shard_folders(log_dir)
-    assert len(folders) == 8 and all(len(logs) == 1 for logs in folders.values()), folders
-    assert_issue_totals(log_dir)
-    assert_rerun_does_nothing(cluster, grid, log_dir)
-
-
-@pytest.mark.timeout(600)
-def test_worker_node_dies_mid_run(cluster: LoopbackCluster, tmp_path: Path,
-                                  no_sandbox_left: SandboxWatch) -> None:
     grid, log_dir, status = _grid(tmp_path, shard_trials=2), tmp_path / "logs", tmp_path / "status.json"
     proc = _driver(cluster, grid, log_dir, status)
-    deadline = time.monotonic() + 300
-    victim: list[str] = []
-    while not victim:  # a worker shard with finished trials (logged) and running ones
-        assert proc.poll() is None and time.monotonic() < deadline, "the worker never ran a shard"
-        time.sleep(0.3)
-        snap = json.loads(status.read_text()) if status.exists() else {"shards": {}}
-        victim = [k for k, s in snap["shards"].items()
-                  if s["state"] == "running" and s["node"] == WORKER and s["done"] >= 1 and s["running"] >= 1]
-    cluster.kill_node(1)
-    # The dead node's sandboxes end by themselves: their harness held the lifeline.
-    left = no_sandbox_left.wait_gone(dead_only=True)
-    assert not left["processes"], left
+    try:
+        victims = wait_for_victim(proc, status)
+        assert_loopback_only(cluster)  # with the driver, the workers and the shards at work
+        cluster.kill_node(1)
+        # The dead node's sandboxes end by themselves: their harness held the lifeline.
+        left = no_sandbox_left.wait_gone(dead_only=True)
+        assert not left["processes"], left
+    except BaseException:
+        _wait(proc, log_dir, timeout=0.1)  # kills the driver; Ray ends its job's workers
+        raise
     out = _wait(proc, log_dir)
     assert "trials 32/32: done 32 · running 0 · failed 0" in out, out[-3000:]
+    assert f"lost {victims[0]} on {WORKER}" in out
     tried = attempts(log_dir)
-    for shard in victim:
-        assert [a["node"] for a in tried[shard]][0] == WORKER and tried[shard][0]["outcome"] == "lost"
-    for shard_attempts in tried.values():
-        assert shard_attempts[-1]["outcome"] == "finished"
-        if len(shard_attempts) > 1:
-            assert shard_attempts[-1]["node"] == HEAD, tried
+    finished_on = {a[-1]["node"] for a in tried.values()}
+    assert finished_on == {HEAD, WORKER}, tried
+    for shard in victims:
+        assert [(a["node"], a["outcome"]) for a in tried[shard]] == [(WORKER, "lost"), (HEAD, "finished")]
+    assert all(a[-1]["outcome"] == "finished" for a in tried.values())
     # the dead attempts' partial logs were replaced, not added to
-    assert all(len(logs) == 1 for logs in shard_folders(log_dir).values()), shard_folders(log_dir)
+    folders = shard_folders(log_dir)
+    assert len(folders) == 8 and all(len(logs) == 1 for logs in folders.values()), folders
     assert_issue_totals(log_dir)
     assert_rerun_does_nothing(cluster, grid, log_dir)

@@ -88,6 +88,9 @@ def _run(ns: argparse.Namespace) -> int:
     log_dir = log_dir_for(ns, grid)
     if "://" in log_dir and not ns.ray:
         raise GridError([f"--log-dir {log_dir}: a URL needs --ray (a local run writes to a local directory)"])
+    for given, option in ((ns.status, "--status"), (ns.node_ip_address, "--node-ip-address")):
+        if given and not ns.ray:
+            raise GridError([f"{option} needs --ray (a local run shows Inspect's own display)"])
     if ns.check:
         print_plan(grid, log_dir, bool(ns.ray))
         return 0

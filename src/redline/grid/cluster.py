@@ -164,34 +164,54 @@ class Driver:
         return snap
 
 
+def connect(address: str, node_ip: str | None) -> Any:
+    # Ray tries a wrong address 20 times, half a minute each; two tries say it well enough. Read
+    # when Ray is imported, so set before.
+    os.environ.setdefault("RAY_NUM_REDIS_GET_RETRIES", "2")
+    ray = import_ray()
+    try:
+        ray.init(address=address, _node_ip_address=node_ip, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    except Exception as e:  # no cluster there, or not reachable: one line, not Ray's traceback
+        raise GridError([f"cannot connect to the Ray cluster at {address}: {_short(e)}"]) from None
+    return ray
+
+
+def pending_shards(log_dir: str, planned: list[Shard]) -> tuple[list[Shard], list[Shard]]:
+    """(finished, pending) shards; an error if the directory holds logs this grid does not plan."""
+    manifest.check_mode(log_dir, "ray")
+    stray = orphans(log_dir, planned)
+    if stray:
+        raise GridError([f"{log_dir}: holds logs that this grid does not plan (its trials, shard_trials, "
+                         f"labels or args changed?): {', '.join(stray[:5])}; use a fresh --log-dir"])
+    finished = [s for s in planned if resume.shard_finished(s.folder(log_dir), s.key)]
+    return finished, [s for s in planned if s not in finished]
+
+
 def run_on_ray(grid: Grid, log_dir: str, address: str, node_ip: str | None,
                display: Display) -> tuple[bool, dict[str, Any]]:
     """Run (or complete) the grid on the Ray cluster at `address`."""
     planned = shards(grid)
     with manifest.lock(log_dir):
-        manifest.check_mode(log_dir, "ray")
-        stray = orphans(log_dir, planned)
-        if stray:
-            raise GridError([f"{log_dir}: holds logs that this grid does not plan (its trials, shard_trials, "
-                             f"labels or args changed?): {', '.join(stray[:5])}; use a fresh --log-dir"])
-        finished = [s for s in planned if resume.shard_finished(s.folder(log_dir), s.key)]
-        pending = [s for s in planned if s not in finished]
-        data = manifest.begin(log_dir, grid, "ray")
+        finished, pending = pending_shards(log_dir, planned)
         if not pending:
+            data = manifest.begin(log_dir, grid, "ray")
             display.note(f"nothing to do: all {len(planned)} shard(s) already finished in {log_dir}")
             manifest.finish(log_dir, data, ok=True, address=address, shards={})
             return True, {"shards": {}}
-        ray = import_ray()
-        ray.init(address=address, _node_ip_address=node_ip, log_to_driver=False,
-                 logging_level=logging.WARNING)
+        ray = connect(address, node_ip)
         try:
             check_cluster(ray, grid.ray, address)
+            data = manifest.begin(log_dir, grid, "ray")
             driver = Driver(ray, grid, log_dir, data["grid_id"], display)
             display.note(f"{len(pending)} shard(s) to run, {len(finished)} already finished; "
                          f"{sum(1 for n in ray.nodes() if n.get('Alive'))} node(s)")
             book = driver.start_book(planned, finished)
             with display:
                 snap = driver.follow(driver.submit(pending, book), book)
+        except KeyboardInterrupt:
+            manifest.finish(log_dir, data, ok=False, interrupted=True, results=driver.results)
+            raise
         finally:
             ray.shutdown()
         ok = all(r.get("ok") for r in driver.results.values())
