@@ -148,20 +148,30 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=128, help="concurrent trials on one machine (default 128)")
     p.add_argument("--skip-ray", action="store_true")
+    p.add_argument("--skip-local", action="store_true", help="only the Ray part")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="rgb", dir="/tmp"))
     try:
         print(f"load average before: {os.getloadavg()}", flush=True)
-        alone = one_machine(root, 1)
-        print(f"1 trial alone: {alone}", flush=True)
-        many = one_machine(root, args.trials)
-        print(f"{args.trials} concurrent: {many}", flush=True)
+        alone = many = None
+        if not args.skip_local:
+            alone = one_machine(root, 1)
+            print(f"1 trial alone: {alone}", flush=True)
+            many = one_machine(root, args.trials)
+            print(f"{args.trials} concurrent: {many}", flush=True)
         ray = [] if args.skip_ray else [on_ray(root, 1), on_ray(root, 2)]
         for r in ray:
             print(f"ray, {r['nodes']} node(s): {r}", flush=True)
         print(f"load average after: {os.getloadavg()}", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    if alone is not None and many is not None:
+        local_figures(alone, many)
+    if ray:
+        ray_figures(*ray)
+
+
+def local_figures(alone: dict[str, Any], many: dict[str, Any]) -> None:
     print(f"figure one_machine_trials {many['trials']} trials")
     print(f"figure one_machine_failures {many['failures']} trials")
     print(f"figure one_machine_trials_per_min {many['per_min']:.1f} trials/min")
@@ -172,13 +182,14 @@ def main() -> None:
     print(f"figure memory_per_concurrent_trial {many['peak_mib'] / many['trials']:.1f} MiB")
     print(f"figure trial_wall_concurrent_median {many['trial_s']:.1f} s")
     print(f"figure trial_wall_alone {alone['trial_s']:.1f} s")
-    if ray:
-        one, two = ray
-        print(f"figure ray_1_node_wall {one['wall_s']:.1f} s")
-        print(f"figure ray_2_node_wall {two['wall_s']:.1f} s")
-        print(f"figure ray_2_vs_1_node_speedup {one['wall_s'] / two['wall_s']:.2f} x")
-        start = statistics.mean([one["shard_start_s"], two["shard_start_s"]])
-        print(f"figure ray_shard_start_overhead {start:.1f} s")
+
+
+def ray_figures(one: dict[str, Any], two: dict[str, Any]) -> None:
+    print(f"figure ray_1_node_wall {one['wall_s']:.1f} s")
+    print(f"figure ray_2_node_wall {two['wall_s']:.1f} s")
+    print(f"figure ray_2_vs_1_node_speedup {one['wall_s'] / two['wall_s']:.2f} x")
+    print(f"figure ray_shard_start_overhead_1_node {one['shard_start_s']:.1f} s")
+    print(f"figure ray_shard_start_overhead_2_nodes {two['shard_start_s']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ not change, and re-running the finished grid does nothing.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import json
 import os
@@ -50,6 +51,8 @@ def no_sandbox_left() -> Iterator[SandboxWatch]:
 
 @pytest.fixture(scope="module")
 def cluster() -> Any:
+    # Not a skip: the README's test install has Ray, and a missing Ray must not pass unnoticed.
+    assert importlib.util.find_spec("ray"), "Ray is missing: bash scripts/setup.sh --test installs it"
     # Ray's Unix socket paths must stay under 107 bytes: a short root, not pytest's tmp_path.
     root = Path(tempfile.mkdtemp(prefix="rg", dir="/tmp"))
     with LoopbackCluster(root, nodes=2, cpus=2, sandbox_slots=2) as c:

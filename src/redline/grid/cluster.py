@@ -146,21 +146,27 @@ class Driver:
 
     def follow(self, refs: dict[Any, Shard], book: Any) -> dict[str, Any]:
         snap: dict[str, Any] = {}
+        asked = book.snapshot.remote()  # one question at a time: a busy book must not pile them up
         try:
             while refs:
                 ready, _ = self.ray.wait(list(refs), num_returns=len(refs), timeout=1.0)
                 for ref in ready:
                     self._collect(ref, refs.pop(ref), book)
                 nodes = self.watch_nodes(book)
-                snap = self.ray.get(book.snapshot.remote(), timeout=30)
-                self._note_lost(snap)
-                self.display.update(snap, nodes)
+                if self.ray.wait([asked], timeout=0)[0]:
+                    snap, asked = self.ray.get(asked), book.snapshot.remote()
+                    self._note_lost(snap)
+                    self.display.update(snap, nodes)
         except KeyboardInterrupt:
             for ref in refs:
                 self.ray.cancel(ref, force=True)
             raise
-        snap = self.ray.get(book.snapshot.remote(), timeout=30)
-        self.display.update(snap, len(self.nodes), final=True)
+        try:  # the last word, after every shard's result reached the book
+            snap = self.ray.get(book.snapshot.remote(), timeout=120)
+        except Exception as e:  # the display's loss only: the logs and results stand
+            self.display.note(f"no final progress from the book ({_short(e)})")
+        if snap:
+            self.display.update(snap, len(self.nodes), final=True)
         return snap
 
 
