@@ -206,6 +206,8 @@ def run_on_ray(grid: Grid, log_dir: str, address: str, node_ip: str | None,
             manifest.finish(log_dir, data, ok=True, address=address, shards={})
             return True, {"shards": {}}
         ray = connect(address, node_ip)
+        data: dict[str, Any] | None = None
+        driver: Driver | None = None
         try:
             check_cluster(ray, grid.ray, address)
             data = manifest.begin(log_dir, grid, "ray")
@@ -216,11 +218,13 @@ def run_on_ray(grid: Grid, log_dir: str, address: str, node_ip: str | None,
             with display:
                 snap = driver.follow(driver.submit(pending, book), book)
         except KeyboardInterrupt:
-            manifest.finish(log_dir, data, ok=False, interrupted=True, results=driver.results)
+            if data is not None and driver is not None:
+                manifest.finish(log_dir, data, ok=False, interrupted=True, results=driver.results)
             raise
         finally:
             ray.shutdown()
-        ok = all(r.get("ok") for r in driver.results.values())
+        assert data is not None and driver is not None
+        ok = len(driver.results) == len(pending) and all(r.get("ok") for r in driver.results.values())
         manifest.finish(log_dir, data, ok=ok, address=address, shards=snap.get("shards", {}),
                         results=driver.results)
     return ok, snap

@@ -208,7 +208,7 @@ class Display:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn
 
-            self._progress = Progress(TextColumn("redline grid"), BarColumn(),
+            self._progress = Progress(TextColumn("redline grid"), BarColumn(bar_width=20),
                                       TextColumn("{task.description}"), console=Console(file=self.stream))
             self._progress.start()
             self._bar = self._progress.add_task("", total=1)
