@@ -18,7 +18,6 @@ import pytest
 
 from redline.analysis.logs import load_samples
 from redline.grid import main
-from redline.grid.progress import ProgressBook
 from redline.sandbox import procs as sbprocs
 
 STATE = Path("/run/redline/sandboxes")
@@ -207,6 +206,9 @@ def test_check_prints_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 @pytest.mark.timeout(30)
 def test_progress_book_replaces_a_lost_attempt() -> None:
+    # Imported here: the module registers an Inspect hook, which is for shard processes only.
+    from redline.grid.progress import ProgressBook
+
     book = ProgressBook({"a": 4, "b": 2})
     book.attempt("a", "t1", "127.0.0.3", 10, reused=0)
     for s in ("s1", "s2", "s3"):
@@ -312,3 +314,24 @@ def test_local_grid_killed_resumed_and_rerun(tmp_path: Path, no_sandbox_left: Sa
     ray = subprocess.run(grid_command(grid, log_dir, "--ray", "127.0.0.9:1"), capture_output=True, text=True,
                          timeout=120)
     assert ray.returncode == 2 and "this grid was started locally" in ray.stderr, ray.stderr
+
+
+@pytest.mark.timeout(60)
+def test_ray_grid_refuses_a_directory_with_logs_it_does_not_plan(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from redline.analysis.synthetic import SampleSpec, write_log
+
+    grid, log_dir = tmp_path / "grid.yaml", tmp_path / "logs"
+    grid.write_text("trials: 2\nmodels: [redline/idle]\nscenarios: [self_replication]\n"
+                    "ray: {shard_trials: 1}\n")
+    stray = log_dir / "self_replication" / "redline_idle" / "slice-003"  # trials was 3 once
+    write_log(stray / "2026-01-01T00-00-00-00-00_self-replication_x.eval", "redline/idle", "self_replication",
+              [SampleSpec("failure")])
+    assert main([str(grid), "--ray", "127.0.0.9:1", "--log-dir", str(log_dir)]) == 2
+    err = capsys.readouterr().err
+    assert ("holds logs that this grid does not plan (its trials, shard_trials, labels or args "
+            f"changed?): {stray}") in err, err
+    capsys.readouterr()
+    # the plan itself shows which shards still have to run
+    assert main([str(grid), "--check", "--ray", "auto", "--log-dir", str(log_dir)]) == 0
+    assert capsys.readouterr().out.count(" to run") == 2
