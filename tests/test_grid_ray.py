@@ -14,6 +14,7 @@ import importlib.util
 import ipaddress
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -55,8 +56,11 @@ def cluster() -> Any:
     assert importlib.util.find_spec("ray"), "Ray is missing: bash scripts/setup.sh --test installs it"
     # Ray's Unix socket paths must stay under 107 bytes: a short root, not pytest's tmp_path.
     root = Path(tempfile.mkdtemp(prefix="rg", dir="/tmp"))
-    with LoopbackCluster(root, nodes=2, cpus=2, sandbox_slots=2) as c:
-        yield c
+    try:
+        with LoopbackCluster(root, nodes=2, cpus=2, sandbox_slots=2) as c:
+            yield c
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _grid(tmp_path: Path, shard_trials: int) -> Path:
