@@ -149,11 +149,6 @@ class Cgroups:
         lay = layout_for(cfg)
         return cls([p / name for p in lay.parents.values()], version=lay.version, layout=lay)
 
-    @classmethod
-    def locate(cls, root: str, name: str) -> Cgroups:
-        """Default placement under `root` (kept for callers that have no config)."""
-        return cls.for_sandbox(RedlineSandboxConfig(cgroup_root=root), name)
-
     @property
     def containment(self) -> dict[str, Any]:
         return self.layout.record() if self.layout else {"cgroup": "none", "weaker": True}
