@@ -77,6 +77,12 @@ def test_explicitly_delegated_memory_only_is_a_clear_error_naming_the_fix(tmp_pa
     assert not (root / "job" / "redline").exists()  # nothing made before the error
 
 
+def test_a_controller_the_kernel_lacks_is_named_as_such(tmp_path):
+    root = cgdir(tmp_path, "cpu io memory", root=True)
+    with pytest.raises(pl.PlacementError, match=r"kernel itself offers no pids controller.*cgroup_disable="):
+        pl.plan(root, "/", "auto", "redline", allow_weaker=False)
+
+
 def test_weaker_opt_in_takes_what_there_is(tmp_path):
     root = cgdir(tmp_path, ALL, root=True)
     cgdir(root / "job", "memory")

@@ -65,13 +65,13 @@ def build_initramfs(dest: Path) -> Path:
 
 
 def boot(scenarios: list[str], out: Path, cmdline: str = "", timeout: float = 900,
-         memory_mb: int = 2048) -> dict:
+         memory_mb: int = 2048, guest: str = "guest.sh") -> dict:
     """Boot the VM, run the scenarios, return {"rc", "results", "log", "console", "seconds"}."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "args").write_text(" ".join(scenarios))
     initrd = build_initramfs(out / "initrd.gz")
     append = (f"console=ttyS0 quiet panic=-1 cgroup_no_v1=all rdinit=/init {cmdline} "
-              f"redline_guest={REPO / 'tests/vm/guest.sh'}")
+              f"redline_guest={REPO / 'tests/vm' / guest}")
     argv = [QEMU, "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", str(memory_mb),
             "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
             "-kernel", str(VM_DIR / "vmlinuz"), "-initrd", str(initrd), "-append", append,
@@ -103,6 +103,7 @@ def main() -> int:
     ap.add_argument("--cmdline", default="", help="extra kernel parameters, e.g. cgroup_disable=pids")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--keep", help="directory for the VM's output (default: a temporary one)")
+    ap.add_argument("--systemd", action="store_true", help="boot systemd (tests/vm/systemd.sh)")
     a = ap.parse_args()
     lack = missing_tools()
     if lack:
@@ -110,7 +111,10 @@ def main() -> int:
         return 2
     out = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="redline-vm-"))
     try:
-        r = boot(a.scenarios, out, a.cmdline, a.timeout)
+        if a.systemd:
+            r = boot([], out, a.cmdline, a.timeout, guest="systemd.sh")
+        else:
+            r = boot(a.scenarios, out, a.cmdline, a.timeout)
         print(r["log"])
         for res in r["results"]:
             print(json.dumps(res))

@@ -129,9 +129,22 @@ def s_rootless() -> dict[str, Any]:
     return res
 
 
+def delegate_mark() -> str | None:
+    """systemd's mark on the cgroup this process started in (or its parent, once moved)."""
+    d = Path("/sys/fs/cgroup") / cg.pl.own_cgroup().strip("/")
+    if d.name == cg.pl.INIT_LEAF:
+        d = d.parent
+    try:
+        return os.getxattr(d, "trusted.delegate").decode()
+    except OSError:
+        return None
+
+
 def run(name: str, args: list[str]) -> dict[str, Any]:
-    if name in ("plain", "svc", "container", "delegated-mark"):
-        return sandbox_round()
+    if name in ("plain", "svc", "container", "delegated-mark", "systemd-service", "systemd-scope"):
+        res = sandbox_round()
+        res["delegate_xattr"] = delegate_mark()
+        return res
     if name == "ci-memory-only":
         res = sandbox_round()
         res["delegated_error"] = expect_error(cgroup_placement="delegated")

@@ -192,7 +192,7 @@ def plan(mount: Path, own: str, mode: str, name: str, allow_weaker: bool,
     ranked = sorted(cands, key=lambda c: -len(offered(c, need)))  # stable: preference kept on ties
     full = [c for c in cands if len(offered(c, need)) == len(need)]
     if not full and not allow_weaker:
-        raise PlacementError(missing_text(cands, need))
+        raise PlacementError(missing_text(mount, cands, need))
     failures: list[str] = []
     for c in full or ranked:
         want = offered(c, need)
@@ -220,13 +220,18 @@ FIX_HINT = (
 )
 
 
-def missing_text(cands: list[_Candidate], need: tuple[str, ...]) -> str:
+def missing_text(mount: Path, cands: list[_Candidate], need: tuple[str, ...]) -> str:
     parts = []
     for c in cands:
         lack = [x for x in need if x not in offered(c, need)]
         have = " ".join(tokens(c.base / "cgroup.controllers")) or "none"
         parts.append(f"{c.kind} placement under {c.base} lacks {', '.join(lack)} "
                      f"(its cgroup.controllers: {have})")
+    top = tokens(mount / "cgroup.controllers") if is_hierarchy_root(mount) else list(need)
+    kernel = [x for x in need if x not in top]
+    if kernel:  # not even the root of the hierarchy has them: no placement can help
+        parts.append(f"the kernel itself offers no {', '.join(kernel)} controller: boot without "
+                     f"`cgroup_disable=` for it (see /proc/cmdline) or use a kernel built with it")
     return ("cgroup v2: no placement offers every controller redline caps sandboxes with "
             f"({', '.join(need)}): " + "; ".join(parts) + ". " + FIX_HINT)
 
