@@ -131,6 +131,8 @@ def test_nowhere_to_go_says_why(tmp_path):
     root = cgdir(tmp_path, ALL, root=True)
     with pytest.raises(pl.PlacementError, match="not found under"):
         pl.plan(root, "/gone", "delegated", "redline", allow_weaker=False)
+    with pytest.raises(pl.PlacementError, match="redline.slice does not exist"):
+        pl.plan(root, "/", str(root / "redline.slice"), "redline", allow_weaker=False)
 
 
 def test_v2_layout_and_leaf_through_the_config(tmp_path):

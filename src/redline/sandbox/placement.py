@@ -223,6 +223,9 @@ FIX_HINT = (
 def missing_text(mount: Path, cands: list[_Candidate], need: tuple[str, ...]) -> str:
     parts = []
     for c in cands:
+        if not c.base.is_dir():
+            parts.append(f"{c.kind} placement: {c.base} does not exist")
+            continue
         lack = [x for x in need if x not in offered(c, need)]
         have = " ".join(tokens(c.base / "cgroup.controllers")) or "none"
         parts.append(f"{c.kind} placement under {c.base} lacks {', '.join(lack)} "
