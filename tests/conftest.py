@@ -28,6 +28,22 @@ def _foreign(sid: str) -> bool:
     return st is not None and str(st[1]) == start_s
 
 
+def _under_another_harness(pid: int) -> bool:
+    """A sandbox process whose parent chain reaches a live Python process other than this one
+    (a colleague's harness, whatever its state root): not ours. Orphans count as ours."""
+    me = os.getpid()
+    for _ in range(64):
+        st = sbprocs.read_stat(pid)
+        if st is None or st[0] <= 1:
+            return False
+        pid = st[0]
+        if pid == me:
+            return False
+        if any("python" in a or "pytest" in a for a in sbprocs.cmdline_of(pid)[:2]):
+            return True
+    return False
+
+
 def _keep(item: str) -> bool:
     m = _ID.search(item)
     return not (m and _foreign(m.group(1) or m.group(2)))
@@ -43,7 +59,8 @@ def leftovers() -> dict[str, list[str]]:
             cmd = b" ".join(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
         except OSError:
             continue
-        if cmd.startswith(b"sbx-init") or b"/run/redline/sandboxes/" in cmd:
+        if (cmd.startswith(b"sbx-init") or b"/run/redline/sandboxes/" in cmd) and \
+                not _under_another_harness(int(pid)):
             found_procs.append(cmd.decode(errors="replace"))
     mounts = [
         line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
@@ -54,8 +71,11 @@ def leftovers() -> dict[str, list[str]]:
     for top in [Path("/sys/fs/cgroup", c) for c in ("pids", "memory", "cpu")] + [Path("/sys/fs/cgroup")]:
         if top == Path("/sys/fs/cgroup") and not (top / "cgroup.controllers").exists():
             continue
-        for d in top.rglob("redline"):
-            cgroups += [str(c) for c in d.iterdir() if c.is_dir()]
+        try:  # colleagues' runs add and remove cgroups meanwhile
+            for d in top.rglob("redline"):
+                cgroups += [str(c) for c in d.iterdir() if c.is_dir()]
+        except OSError:
+            continue
     base = STATE_ROOT / "sandboxes"
     states = [str(p) for p in base.glob("*")] if base.exists() else []
     out = {"processes": found_procs, "mounts": mounts, "cgroups": cgroups, "state": states}
