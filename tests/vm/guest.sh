@@ -10,7 +10,7 @@ CG=/sys/fs/cgroup
 mkdir -p /run/out /run/home
 mount -t 9p -o trans=virtio,version=9p2000.L,cache=none out /run/out
 mount -t cgroup2 none $CG
-mount -t tmpfs tmpfs /dev/shm
+mkdir -p /dev/shm && mount -t tmpfs tmpfs /dev/shm
 exec > /run/out/log.txt 2>&1
 
 check() {  # check NAME [ARGS...]: one scenario, run by a fresh interpreter in the current cgroup

@@ -71,7 +71,7 @@ def boot(scenarios: list[str], out: Path, cmdline: str = "", timeout: float = 90
     (out / "args").write_text(" ".join(scenarios))
     initrd = build_initramfs(out / "initrd.gz")
     append = (f"console=ttyS0 quiet panic=-1 cgroup_no_v1=all rdinit=/init {cmdline} "
-              f"redline_guest={REPO / 'tests/vm' / guest}")
+              f"redline_guest={REPO / 'tests/vm' / guest} redline_repo={REPO}")
     argv = [QEMU, "-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", str(memory_mb),
             "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio",
             "-kernel", str(VM_DIR / "vmlinuz"), "-initrd", str(initrd), "-append", append,
