@@ -28,6 +28,14 @@ def _foreign(sid: str) -> bool:
     return st is not None and str(st[1]) == start_s
 
 
+def _own_memcg() -> str:
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        if "memory" in ctrls.split(","):
+            return path
+    return "/"
+
+
 def _under_another_harness(pid: int) -> bool:
     """A sandbox process whose parent chain reaches a live Python process other than this one
     (a colleague's harness, whatever its state root): not ours. Orphans count as ours."""
@@ -76,6 +84,12 @@ def leftovers() -> dict[str, list[str]]:
                 cgroups += [str(c) for c in d.iterdir() if c.is_dir()]
         except OSError:
             continue
+    # v1: a memory leaf outside this process's own memory cgroup is another session's, and so are
+    # the pids/cpu leaves of the same sandbox id.
+    own_mem = "/sys/fs/cgroup/memory" + _own_memcg()
+    other = {Path(c).name for c in cgroups if c.startswith("/sys/fs/cgroup/memory/")
+             and not c.startswith(own_mem.rstrip("/") + "/")}
+    cgroups = [c for c in cgroups if Path(c).name not in other]
     base = STATE_ROOT / "sandboxes"
     states = [str(p) for p in base.glob("*")] if base.exists() else []
     out = {"processes": found_procs, "mounts": mounts, "cgroups": cgroups, "state": states}
