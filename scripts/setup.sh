@@ -18,3 +18,7 @@ if [ "${1:-}" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
     # Refresh the package lists only when the install fails with the ones we have.
     install_chromium || { apt-get update -q && install_chromium; }
 fi
+# `--test`: the cgroup v2 tests boot Debian's kernel under QEMU (this host is cgroup v1).
+if [ "${1:-}" = "--test" ]; then
+    bash scripts/vm-kernel.sh
+fi

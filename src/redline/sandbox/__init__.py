@@ -3,7 +3,6 @@
 from redline.sandbox.config import RedlineSandboxConfig
 from redline.sandbox.core import Sandbox, SandboxError
 from redline.sandbox.procs import Connection, ProcInfo, TcpSocket
-from redline.sandbox.provider import RedlineSandboxEnvironment
 
 __all__ = [
     "Connection",
@@ -14,3 +13,13 @@ __all__ = [
     "SandboxError",
     "TcpSocket",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The Inspect provider is imported on first use: the sandbox core alone does not need Inspect
+    # (whose import takes ~1 s here, and over a minute in the cgroup v2 test VM).
+    if name == "RedlineSandboxEnvironment":
+        from redline.sandbox.provider import RedlineSandboxEnvironment
+
+        return RedlineSandboxEnvironment
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

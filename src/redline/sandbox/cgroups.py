@@ -1,15 +1,30 @@
-"""Per-sandbox cgroups (v1 here, v2 where the unified hierarchy has the controllers)."""
+"""Per-sandbox cgroups on cgroup v1 or v2 hosts, and the containment record of what they cap.
+
+Where the v2 leaves go is `placement.py`'s business. This module resolves a layout once per
+harness process and configuration (the preflight, run by the provider's task_init before any
+sandbox starts), then makes one leaf per sandbox. A needed controller that cannot be had is a
+clear error, unless the user opted in to weaker containment: then the sandbox runs with the
+controllers there are, rlimits stand in for the missing ones, and the record says so.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-CONTROLLERS = ("pids", "memory", "cpu")
+from redline.sandbox import placement as pl
+from redline.sandbox.config import RedlineSandboxConfig
+
+CONTROLLERS = pl.NEEDED
+PRLIMIT = "/usr/bin/prlimit"
+logger = logging.getLogger(__name__)
 
 
 class CgroupError(RuntimeError):
@@ -26,65 +41,150 @@ def _own_v1_path(controller: str) -> str:
 
 
 @dataclass
+class Layout:
+    """Where this harness puts sandbox cgroups, resolved once per configuration."""
+
+    version: int
+    kind: str  # v1: "nested" | "dedicated"; v2: placement kind
+    parents: dict[str, Path]  # v1: controller -> parent dir; v2: {"unified": parent}
+    controllers: list[str]
+    missing: list[str]
+    rlimits: dict[str, int] = field(default_factory=dict)
+    harness_leaf: Path | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The containment record (JSON-ready) that goes into the eval log."""
+        return {
+            "cgroup": f"v{self.version}",
+            "placement": self.kind,
+            "parent": sorted({str(p) for p in self.parents.values()}),
+            "controllers": list(self.controllers),
+            "missing": list(self.missing),
+            "weaker": bool(self.missing),
+            "rlimits": dict(self.rlimits),
+            "harness_leaf": str(self.harness_leaf) if self.harness_leaf else None,
+        }
+
+
+_layouts: dict[tuple[Any, ...], Layout] = {}
+_layouts_lock = threading.Lock()
+
+
+def _rlimits(missing: list[str], cfg: RedlineSandboxConfig) -> dict[str, int]:
+    """Stand-ins for missing controllers. Weaker by nature: RLIMIT_NPROC counts every process of
+    the agent's uid (per user namespace), RLIMIT_AS caps each process, not the sum."""
+    out = {}
+    if "pids" in missing:
+        out["nproc"] = cfg.pids_max
+    if "memory" in missing:
+        out["as_bytes"] = cfg.memory_bytes
+    return out
+
+
+def _v1_layout(root: Path, cfg: RedlineSandboxConfig) -> Layout:
+    if cfg.cgroup_placement not in ("auto", "dedicated"):
+        raise CgroupError(f"cgroup_placement={cfg.cgroup_placement!r} needs cgroup v2; {root} is "
+                          "cgroup v1 (use auto or dedicated)")
+    parents: dict[str, Path] = {}
+    missing = []
+    for c in CONTROLLERS:
+        base = root / c
+        if not (base / "cgroup.procs").exists():
+            missing.append(c)
+            continue
+        own = "/" if cfg.cgroup_placement == "dedicated" else _own_v1_path(c)
+        parents[c] = base / own.lstrip("/") / cfg.cgroup_name
+    if missing and (not cfg.allow_weaker_containment or not parents):
+        raise CgroupError(
+            f"cgroup controller(s) {', '.join(missing)} not mounted under {root}; redline needs "
+            f"{', '.join(CONTROLLERS)} to cap sandboxes. Mount them (e.g. `mount -t cgroup -o pids "
+            f"cgroup {root}/pids`), or opt in to weaker containment (REDLINE_ALLOW_WEAKER_CONTAINMENT=1)"
+            + ("" if parents else "; with none mounted there is nothing to track sandboxes with")
+        )
+    return Layout(1, "nested" if cfg.cgroup_placement == "auto" else "dedicated", parents,
+                  [c for c in CONTROLLERS if c in parents], missing, _rlimits(missing, cfg))
+
+
+def _v2_layout(root: Path, cfg: RedlineSandboxConfig) -> Layout:
+    try:
+        p = pl.plan(root, pl.own_cgroup(), cfg.cgroup_placement, cfg.cgroup_name,
+                    cfg.allow_weaker_containment)
+    except (pl.PlacementError, OSError) as e:
+        raise CgroupError(str(e)) from e
+    return Layout(2, p.kind, {"unified": p.parent}, p.controllers, p.missing,
+                  _rlimits(p.missing, cfg), p.harness_leaf)
+
+
+def layout_for(cfg: RedlineSandboxConfig) -> Layout:
+    """Resolve (once per process and config) where sandbox cgroups go; CgroupError if nowhere."""
+    key = (cfg.cgroup_root, cfg.cgroup_placement, cfg.cgroup_name, cfg.allow_weaker_containment,
+           cfg.pids_max, cfg.memory_bytes)
+    with _layouts_lock:
+        if key in _layouts:
+            return _layouts[key]
+        root = Path(cfg.cgroup_root)
+        lay = _v2_layout(root, cfg) if pl.is_v2(root) else _v1_layout(root, cfg)
+        if lay.missing:
+            logger.warning("redline: WEAKER CONTAINMENT (opted in): no cgroup %s controller; "
+                           "rlimits instead: %s", ", ".join(lay.missing), lay.rlimits or "none")
+        _layouts[key] = lay
+        return lay
+
+
+def preflight(cfg: RedlineSandboxConfig) -> dict[str, Any]:
+    """Check (before any sandbox starts) that sandboxes can be capped; returns the containment record."""
+    return layout_for(cfg).record()
+
+
+@dataclass
 class Cgroups:
     """The cgroup directories of one sandbox; every process of the sandbox lives in all of them."""
 
     dirs: list[Path] = field(default_factory=list)
     version: int = 1
+    layout: Layout | None = None
 
     @classmethod
-    def locate(cls, root: str, name: str) -> Cgroups:
-        rootp = Path(root)
-        if (rootp / "cgroup.controllers").exists():
-            avail = (rootp / "cgroup.controllers").read_text().split()
-            missing = [c for c in CONTROLLERS if c not in avail]
-            if missing:
-                raise CgroupError(
-                    f"cgroup v2 at {root} lacks controller(s) {', '.join(missing)}; "
-                    "enable them in cgroup.subtree_control or run as root on a host that has them"
-                )
-            own = Path("/proc/self/cgroup").read_text().strip().split("::", 1)[-1]
-            return cls([rootp / own.lstrip("/") / "redline" / name], version=2)
-        dirs = []
-        for c in CONTROLLERS:
-            base = rootp / c
-            if not (base / "cgroup.procs").exists():
-                raise CgroupError(
-                    f"cgroup controller '{c}' is not mounted at {base}; redline needs "
-                    f"{', '.join(CONTROLLERS)} to cap sandboxes"
-                )
-            dirs.append(base / _own_v1_path(c).lstrip("/") / "redline" / name)
-        return cls(dirs, version=1)
+    def for_sandbox(cls, cfg: RedlineSandboxConfig, name: str) -> Cgroups:
+        lay = layout_for(cfg)
+        return cls([p / name for p in lay.parents.values()], version=lay.version, layout=lay)
+
+    @property
+    def containment(self) -> dict[str, Any]:
+        return self.layout.record() if self.layout else {"cgroup": "none", "weaker": True}
+
+    @property
+    def rlimits(self) -> dict[str, int]:
+        return dict(self.layout.rlimits) if self.layout else {}
 
     def create(self, pids_max: int, memory_bytes: int, cpu_weight: int) -> None:
         try:
             for d in self.dirs:
-                d.mkdir(parents=True, exist_ok=True)
+                d.mkdir(parents=self.version == 1, exist_ok=True)
             if self.version == 2:
-                parent = self.dirs[0].parent
-                sub = parent / "cgroup.subtree_control"
-                if sub.exists():
-                    sub.write_text(" ".join(f"+{c}" for c in CONTROLLERS))
-                self._write("pids.max", str(pids_max))
-                self._write("memory.max", str(memory_bytes))
+                self._write("pids.max", str(pids_max), optional="pids")
+                self._write("memory.max", str(memory_bytes), optional="memory")
                 self._write("memory.swap.max", "0", optional=True)
-                self._write("cpu.weight", str(cpu_weight))
+                self._write("cpu.weight", str(cpu_weight), optional="cpu")
             else:
-                self._write("pids.max", str(pids_max))
-                self._write("memory.limit_in_bytes", str(memory_bytes))
+                self._write("pids.max", str(pids_max), optional="pids")
+                self._write("memory.limit_in_bytes", str(memory_bytes), optional="memory")
                 self._write("memory.memsw.limit_in_bytes", str(memory_bytes), optional=True)
                 self._write("memory.swappiness", "0", optional=True)
-                self._write("cpu.shares", str(max(2, cpu_weight * 1024 // 100)))
+                self._write("cpu.shares", str(max(2, cpu_weight * 1024 // 100)), optional="cpu")
         except OSError as e:
             self.remove()
             raise CgroupError(f"cannot set up sandbox cgroups: {e}") from e
 
-    def _write(self, name: str, value: str, optional: bool = False) -> None:
+    def _write(self, name: str, value: str, optional: bool | str = False) -> None:
+        """Write a control file; `optional` True, or a controller that the layout lacks, may skip it."""
         for d in self.dirs:
             f = d / name
             if f.exists():
                 f.write_text(value)
                 return
+        if isinstance(optional, str):
+            optional = self.layout is not None and optional in self.layout.missing
         if not optional:
             raise CgroupError(f"cgroup file {name} not found under {self.dirs}")
 
@@ -100,8 +200,31 @@ class Cgroups:
                 pass
         return sorted(out)
 
+    def events(self) -> dict[str, int | None]:
+        """Counters of the caps firing: OOM kills, allocations that hit the memory cap, forks refused
+        by the pids cap. None: not measured (no such controller). Read them before remove()."""
+        out: dict[str, int | None] = {"oom_kill": None, "memory_max": None, "pids_max": None}
+        for d in self.dirs:
+            mem = _keyed(d / ("memory.events" if self.version == 2 else "memory.oom_control"))
+            if "oom_kill" in mem:
+                out["oom_kill"] = mem["oom_kill"]
+            if self.version == 2 and "max" in mem:
+                out["memory_max"] = mem["max"]
+            fail = _int(d / "memory.failcnt")
+            if fail is not None:
+                out["memory_max"] = fail
+            pids = _keyed(d / "pids.events")
+            if "max" in pids:
+                out["pids_max"] = pids["max"]
+        return out
+
     def kill_all(self, timeout: float = 5.0) -> None:
         """SIGKILL every member until none is left; works even when pids.max is exhausted."""
+        for d in self.dirs:
+            try:
+                (d / "cgroup.kill").write_text("1")  # v2, kernel 5.14+: the whole tree at once
+            except OSError:
+                pass
         deadline = time.monotonic() + timeout
         while True:
             pids = self.pids()
@@ -117,24 +240,58 @@ class Cgroups:
             time.sleep(0.002)
 
     def remove(self) -> None:
-        for d in self.dirs:
-            for _ in range(200):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    # Exiting tasks linger a moment after SIGKILL.
-                    time.sleep(0.005)
+        remove_dirs(self.dirs)
 
 
-def join_prefix(procs_files: list[str]) -> list[str]:
+def remove_dirs(dirs: list[Path], tries: int = 200) -> None:
+    for d in dirs:
+        for _ in range(tries):
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                # Exiting tasks linger a moment after SIGKILL.
+                time.sleep(0.005)
+
+
+def _keyed(path: Path) -> dict[str, int]:
+    """A flat-keyed cgroup file ("key value" per line) as a dict; {} if unreadable."""
+    out: dict[str, int] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        k, _, v = line.partition(" ")
+        if v.strip().lstrip("-").isdigit():
+            out[k] = int(v)
+    return out
+
+
+def _int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def join_prefix(procs_files: list[str], rlimits: dict[str, int] | None = None) -> list[str]:
     """argv prefix that moves itself into the sandbox's cgroups, then execs the rest.
 
     A host /bin/sh does the joining because a Python preexec_fn forces a full fork of the
     harness (~4 ms here) where vfork is otherwise used. Only our own paths go into the script;
-    the command itself travels as "$@".
+    the command itself travels as "$@". `rlimits` (weaker containment only) add util-linux
+    prlimit after the script, so only commands get them: argv[2] alone is the joining script.
     """
     writes = "".join(f"echo $$ > {shlex.quote(p)} && " for p in procs_files)
-    return ["/bin/sh", "-c", writes + 'exec "$@"', "sbx-join"]
+    argv = ["/bin/sh", "-c", writes + 'exec "$@"', "sbx-join"]
+    if rlimits:
+        argv.append(PRLIMIT)
+        if "nproc" in rlimits:
+            argv.append(f"--nproc={rlimits['nproc']}")
+        if "as_bytes" in rlimits:
+            argv.append(f"--as={rlimits['as_bytes']}")
+        argv.append("--")
+    return argv

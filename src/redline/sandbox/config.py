@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,7 +58,20 @@ class RedlineSandboxConfig(BaseModel):
         description="containment self-check before the first sample: a failure stops the eval "
                     "(required), only warns (warn), or the check is skipped (off); see redline.selfcheck",
     )
-    cgroup_root: str = "/sys/fs/cgroup"
+    cgroup_root: str = Field(default="/sys/fs/cgroup", description="where the cgroup hierarchy is mounted")
+    cgroup_placement: str = Field(
+        default_factory=lambda: os.environ.get("REDLINE_CGROUP_PLACEMENT", "auto"),
+        description="cgroup v2: auto, dedicated (<root>/<name>, as root), delegated (next to the "
+        "harness's own delegated cgroup) or an absolute path of a prepared cgroup; "
+        "env REDLINE_CGROUP_PLACEMENT",
+    )
+    cgroup_name: str = Field(default="redline", description="the cgroup that holds one leaf per sandbox")
+    allow_weaker_containment: bool = Field(
+        default_factory=lambda: os.environ.get("REDLINE_ALLOW_WEAKER_CONTAINMENT", "").lower()
+        in ("1", "true", "yes"),
+        description="run with the cgroup controllers the host allows (plus rlimits) instead of "
+        "failing; recorded as weaker containment; env REDLINE_ALLOW_WEAKER_CONTAINMENT=1",
+    )
     state_root: str = "/run/redline"
 
     def __hash__(self) -> int:
@@ -73,6 +87,20 @@ class RedlineSandboxConfig(BaseModel):
             if not Path(p).is_dir():
                 raise ValueError(f"base path {p!r} does not exist on this host")
         return paths
+
+    @field_validator("cgroup_placement")
+    @classmethod
+    def _placement_known(cls, v: str) -> str:
+        if v in ("auto", "dedicated", "delegated") or (v.startswith("/") and ".." not in v.split("/")):
+            return v
+        raise ValueError(f"cgroup_placement {v!r} is not auto, dedicated, delegated or an absolute path")
+
+    @field_validator("cgroup_name")
+    @classmethod
+    def _one_component(cls, v: str) -> str:
+        if not v or "/" in v or v in (".", "..") or v.startswith("cgroup."):
+            raise ValueError(f"cgroup_name {v!r} must be one plain path component")
+        return v
 
     @field_validator("ro_binds", "unix_sockets")
     @classmethod

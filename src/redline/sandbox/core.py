@@ -150,6 +150,7 @@ class Sandbox:
         self.channel_dir = state / "channel"
         self.home = rootfs.home_of(cfg)
         self.cgroups: Cgroups | None = None
+        self.cgroup_events: dict[str, int | None] = {}  # the caps' counters, kept at destroy()
         self.proc: subprocess.Popen[bytes] | None = None
         self.init_pid = 0  # host pid of the sandbox's pid 1
         self._lifeline_w: int | None = None
@@ -189,11 +190,11 @@ class Sandbox:
 
     def _start(self) -> None:
         cfg = self.cfg
-        self.cgroups = Cgroups.locate(cfg.cgroup_root, self.id)
+        self.cgroups = Cgroups.for_sandbox(cfg, self.id)
         (self.state / "cgroups").write_text(json.dumps([str(d) for d in self.cgroups.dirs]))
         self.cgroups.create(cfg.pids_max, cfg.memory_bytes, cfg.cpu_weight)
         rootfs.prepare(self.state, cfg)
-        self._join = join_prefix(self.cgroups.procs_files())
+        self._join = join_prefix(self.cgroups.procs_files(), self.cgroups.rlimits)
         life_r, life_w = os.pipe()
         ready_r, ready_w = os.pipe()
         info = os.open(self.state / "info.json", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -245,6 +246,7 @@ class Sandbox:
             self._lifeline_w = None
         errors: list[str] = []
         if self.cgroups is not None:
+            self.cgroup_events = self.cgroups.events()
             try:
                 self.cgroups.kill_all()
             except Exception as e:  # noqa: BLE001 - keep tearing down, report at the end
@@ -264,6 +266,17 @@ class Sandbox:
         shutil.rmtree(self.state, ignore_errors=True)
         if errors:
             raise SandboxError("; ".join(errors))
+
+    @property
+    def containment(self) -> dict:
+        """What caps this sandbox has (cgroup version, placement, controllers, weaker or not)."""
+        return self.cgroups.containment if self.cgroups else {"cgroup": "none", "weaker": True}
+
+    def events(self) -> dict[str, int | None]:
+        """OOM kills and pids-cap refusals so far (the last values once destroyed)."""
+        if self.cgroups is None or self._destroyed:
+            return dict(self.cgroup_events)
+        return self.cgroups.events()
 
     @property
     def alive(self) -> bool:

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from typing_extensions import override
 
 from redline.sandbox import procs
+from redline.sandbox.cgroups import preflight
 from redline.sandbox.config import RedlineSandboxConfig, load_config
 from redline.sandbox.core import OutputTooLarge, Sandbox
 from redline.sandbox.sweep import live_sandboxes, sweep
@@ -52,6 +53,8 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
     @classmethod
     async def task_init(cls, task_name: str, config: SandboxEnvironmentConfigType | None) -> None:
         cfg = load_config(config)
+        # Before any sample starts: a host that cannot cap sandboxes is one clear error here.
+        preflight(cfg)
         removed = sweep(Path(cfg.state_root))
         if removed:
             logger.warning("redline: removed %d stale sandbox(es) of dead runs", len(removed))
@@ -187,6 +190,15 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
     @property
     def channel_dir(self) -> Path:
         return self.sandbox.channel_dir
+
+    @property
+    def containment(self) -> dict[str, Any]:
+        """The containment record of this sample's sandbox, for the eval log."""
+        return self.sandbox.containment
+
+    def cgroup_events(self) -> dict[str, int | None]:
+        """{"oom_kill", "memory_max", "pids_max"} counters of this sandbox's caps (None: not capped)."""
+        return self.sandbox.events()
 
     async def processes(self) -> list[procs.ProcInfo]:
         return await asyncio.to_thread(self.sandbox.processes)

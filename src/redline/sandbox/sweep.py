@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import time
 from pathlib import Path
 
 from redline.sandbox import procs, rootfs
+from redline.sandbox.cgroups import CgroupError, Cgroups
 
 
 def _owner_alive(state: Path) -> bool:
@@ -22,37 +20,22 @@ def _owner_alive(state: Path) -> bool:
 
 
 def remove_sandbox(state: Path) -> None:
+    """Kill what is left in the sandbox's cgroups (v1 or v2, wherever they were placed), remove
+    them, unmount and delete the state directory."""
     dirs: list[Path] = []
     try:
         dirs = [Path(d) for d in json.loads((state / "cgroups").read_text())]
     except (OSError, ValueError):
         pass
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        pids: set[int] = set()
-        for d in dirs:
-            try:
-                pids.update(int(x) for x in (d / "cgroup.procs").read_text().split())
-            except OSError:
-                pass
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.01)
-    for d in dirs:
-        for _ in range(100):
-            try:
-                d.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.01)
+    cg = Cgroups(dirs)
+    try:
+        cg.kill_all()
+    except CgroupError:
+        pass  # removal below fails for a cgroup still in use; the next sweep tries again
+    cg.remove()
     rootfs.umount_lazy(state / "rw")
+    if any(d.exists() for d in dirs):
+        return  # keep the record: a later sweep retries these cgroups
     shutil.rmtree(state, ignore_errors=True)
 
 
