@@ -9,7 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from redline.sandbox import procs, rootfs
+from redline.sandbox import idmap, procs, rootfs
 
 
 def _owner_alive(state: Path) -> bool:
@@ -28,8 +28,9 @@ def remove_sandbox(state: Path) -> None:
     except (OSError, ValueError):
         pass
     deadline = time.monotonic() + 5
+    pids: set[int] = set()
     while time.monotonic() < deadline:
-        pids: set[int] = set()
+        pids = set()
         for d in dirs:
             try:
                 pids.update(int(x) for x in (d / "cgroup.procs").read_text().split())
@@ -53,6 +54,11 @@ def remove_sandbox(state: Path) -> None:
             except OSError:
                 time.sleep(0.01)
     rootfs.umount_lazy(state / "rw")
+    try:  # the sandbox's uid range, once nothing runs in it any more
+        if not pids:
+            idmap.release_stale(Path((state / "idmap").read_text()))
+    except OSError:
+        pass
     shutil.rmtree(state, ignore_errors=True)
 
 
