@@ -32,6 +32,9 @@ SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159}.get(os.uname().machine)
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
 CHUNK = 1 << 16
+NO_ID = 0xFFFFFFFF
+_libc.setfsuid.argtypes = [ctypes.c_uint32]
+_libc.setfsgid.argtypes = [ctypes.c_uint32]
 # statfs magics of pseudo file systems whose "regular files" are kernel interfaces.
 PSEUDO_FS = {
     0x9FA0: "proc", 0x62656572: "sysfs", 0x27E0EB: "cgroup", 0x63677270: "cgroup2",
@@ -106,7 +109,8 @@ def _become(who: Identity) -> None:
         raise OSError(ctypes.get_errno(), "setgroups")
     _libc.setfsgid(who.gid)
     _libc.setfsuid(who.uid)
-    if _libc.setfsuid(-1 & 0xFFFFFFFF) != who.uid or _libc.setfsgid(-1 & 0xFFFFFFFF) != who.gid:
+    # An invalid id (-1) changes nothing and returns the current one.
+    if (_libc.setfsuid(NO_ID) & NO_ID, _libc.setfsgid(NO_ID) & NO_ID) != (who.uid, who.gid):
         raise PermissionError("cannot take the sandbox user's file-system identity")
 
 
@@ -133,7 +137,9 @@ def read(root: int, path: str, limit: int, deadline: float, truncate: bool = Fal
     """
     pfd = openat2(root, path, os.O_PATH)
     try:
-        _check_regular(pfd, path)
+        st = _check_regular(pfd, path)
+        if st.st_size > limit and not truncate:
+            raise FileTooLarge(path, limit)  # (a sparse 1 GB file costs nothing to refuse)
         fd = _reopen(pfd, os.O_RDONLY)
     finally:
         os.close(pfd)

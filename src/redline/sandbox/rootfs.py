@@ -187,7 +187,7 @@ def _parents(dst: str, made: set[str], bases: list[str]) -> list[str]:
 @dataclass(frozen=True)
 class BwrapFds:
     """Descriptors bwrap inherits: lifeline (read end), ready (write end), and the optional
-    user-namespace block pipe (read end) and seccomp program."""
+    user-namespace block pipe (read end) and seccomp program (read by the init)."""
 
     lifeline: int
     ready: int
@@ -200,11 +200,12 @@ def _namespace_args(cfg: RedlineSandboxConfig, fds: BwrapFds) -> list[str]:
     if fds.userns_block is not None:
         # The harness writes the uid/gid maps (a whole range) while bwrap waits on this pipe.
         a += ["--unshare-user", "--userns-block-fd", str(fds.userns_block)]
-    if fds.seccomp is not None:
-        a += ["--seccomp", str(fds.seccomp)]
     # --die-with-parent ties the namespace init to the outer bwrap, which exits as soon as the
-    # lifeline payload does; the kernel then kills everything in the pid namespace.
-    a += ["--hostname", cfg.hostname, "--new-session", "--cap-drop", "ALL", "--die-with-parent"]
+    # lifeline payload does; the kernel then kills everything in the pid namespace. The init
+    # keeps CAP_SYS_ADMIN for its first step only (making /proc/sys read-only, see sbx.c), then
+    # drops it and every other capability and loads the seccomp filter before saying "ready".
+    a += ["--hostname", cfg.hostname, "--new-session", "--cap-drop", "ALL", "--cap-add", "CAP_SYS_ADMIN",
+          "--cap-add", "CAP_SETPCAP", "--die-with-parent"]
     return a
 
 
@@ -231,8 +232,8 @@ def _system_args(rw: Path, cfg: RedlineSandboxConfig, src: dict[str, str]) -> li
 
 def _kernel_args() -> list[str]:
     a = ["--proc", "/proc", "--dev", "/dev"]
-    # bwrap binds /proc/sys, /proc/sysrq-trigger, /proc/irq and /proc/bus read-only itself; hide
-    # the rest of the kernel's sensitive files too.
+    # /proc/sys, /proc/sysrq-trigger, /proc/irq and /proc/bus are made read-only by the init
+    # (sbx.c); hide the rest of the kernel's sensitive files.
     for f in ("/proc/kcore", "/proc/keys", "/proc/key-users", "/proc/timer_list",
               "/proc/sched_debug", "/proc/kallsyms"):
         if os.path.exists(f):
@@ -266,5 +267,7 @@ def bwrap_args(state: Path, cfg: RedlineSandboxConfig, fds: BwrapFds, init_binar
     a += ["--remount-ro", "/", "--chdir", home_of(cfg)]
     # The init (pid 1, under the seccomp filter too): says it is up, then lives exactly as long
     # as the harness holds the lifeline pipe's write end (EOF = harness gone = sandbox ends).
-    a += ["--as-pid-1", "--argv0", "sbx-init", "--", INIT_PATH, "init", str(fds.ready), str(fds.lifeline)]
+    bpf = str(fds.seccomp) if fds.seccomp is not None else "-1"
+    a += ["--as-pid-1", "--argv0", "sbx-init", "--", INIT_PATH, "init", str(fds.ready), str(fds.lifeline),
+          bpf, state.name]
     return a

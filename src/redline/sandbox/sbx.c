@@ -1,9 +1,13 @@
 /* redline-sbx: the two small jobs of the redline sandbox that need C.
  *
- *   redline-sbx init READY_FD LIFELINE_FD
- *       The sandbox's pid 1 (run by bwrap with --as-pid-1, so bwrap's seccomp filter covers it):
- *       reaps orphans, says "ready", and lives exactly as long as the harness holds the
- *       lifeline pipe's write end.
+ *   redline-sbx init READY_FD LIFELINE_FD BPF_FD [LABEL]
+ *       The sandbox's pid 1 (bwrap --as-pid-1), started with CAP_SYS_ADMIN in the sandbox's
+ *       (and CAP_SETPCAP, to drop it) in the sandbox's user namespace only for its first step: it makes /proc/sys, /proc/sysrq-trigger,
+ *       /proc/irq and /proc/bus read-only mounts (bwrap skips them in a user namespace, where
+ *       its access() test says "not writable" for root inside). Then it drops every capability,
+ *       sets no_new_privs, loads the seccomp program read from BPF_FD (-1: none), says "ready",
+ *       reaps orphans, and lives exactly as long as the harness holds the lifeline pipe's
+ *       write end. LABEL (the sandbox id) only names it in ps.
  *
  *   redline-sbx launch UID GID [CGROUP_PROCS...] -- PATH ARGV0 [ARGS...]
  *       Starts bwrap: joins the sandbox's cgroups (so that everything bwrap forks is capped),
@@ -35,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -62,9 +67,59 @@ static long number(const char *s, const char *what)
     return v;
 }
 
-static int run_init(int ready, int lifeline)
+static void drop_bounding_set(void);
+static void clear_capabilities(void);
+
+static void read_bpf_fd(int fd, struct sock_fprog *prog)
+{
+    static struct sock_filter buf[BPF_MAXINSNS];
+    size_t got = 0;
+    for (;;) {
+        ssize_t n = read(fd, (char *)buf + got, sizeof buf - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            die("read seccomp program", NULL);
+        if (n == 0)
+            break;
+        got += (size_t)n;
+        if (got == sizeof buf) {
+            errno = EFBIG;
+            die("seccomp program too long", NULL);
+        }
+    }
+    if (got == 0 || got % sizeof(struct sock_filter)) {
+        errno = EINVAL;
+        die("bad seccomp program", NULL);
+    }
+    prog->filter = buf;
+    prog->len = (unsigned short)(got / sizeof(struct sock_filter));
+    close(fd);
+}
+
+static void protect_proc(void)
+{
+    static const char *const paths[] = {"/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"};
+    const unsigned long ro = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        if (access(paths[i], F_OK) < 0)
+            continue;
+        if (mount(paths[i], paths[i], NULL, MS_BIND | MS_REC, NULL) < 0 || mount(NULL, paths[i], NULL, ro, NULL) < 0)
+            die("make read-only", paths[i]);
+    }
+}
+
+static int run_init(int ready, int lifeline, int bpf)
 {
     char b;
+    struct sock_fprog prog = {0, NULL};
+    if (bpf >= 0)
+        read_bpf_fd(bpf, &prog);
+    protect_proc();
+    drop_bounding_set();
+    clear_capabilities();
+    if (prog.len && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0)
+        die("load seccomp program", NULL);
     /* Children of pid 1 (orphans included) are reaped by the kernel. */
     signal(SIGCHLD, SIG_IGN);
     for (int fd = 3; fd < 1024; fd++)
@@ -107,23 +162,34 @@ static void read_bpf(const char *path, struct sock_fprog *prog)
     close(fd);
 }
 
-static void drop_privileges(uid_t uid, gid_t gid)
+static void drop_bounding_set(void)
 {
-    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
-    struct __user_cap_data_struct data[2];
+    /* Needs CAP_SETPCAP: before any uid change, which may clear it. */
     for (int cap = 0; cap < 64; cap++)
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
             die("drop capability bounding set", NULL);
+}
+
+static void clear_capabilities(void)
+{
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0)
         die("clear ambient capabilities", NULL);
-    if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
-        die("set user", NULL);
-    /* Root inside keeps uid 0 but no capability at all. */
     memset(data, 0, sizeof data);
     if (syscall(SYS_capset, &hdr, data) < 0)
         die("clear capabilities", NULL);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         die("no_new_privs", NULL);
+}
+
+static void drop_privileges(uid_t uid, gid_t gid)
+{
+    drop_bounding_set();
+    if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
+        die("set user", NULL);
+    /* Root inside keeps uid 0 but no capability at all. */
+    clear_capabilities();
 }
 
 static void pass_status_on(pid_t child)
@@ -206,8 +272,9 @@ static int run_exec(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-    if (argc == 4 && strcmp(argv[1], "init") == 0)
-        return run_init((int)number(argv[2], "ready fd"), (int)number(argv[3], "lifeline fd"));
+    if ((argc == 5 || argc == 6) && strcmp(argv[1], "init") == 0)
+        return run_init((int)number(argv[2], "ready fd"), (int)number(argv[3], "lifeline fd"),
+                        (int)number(argv[4], "seccomp fd"));
     if (argc > 2 && strcmp(argv[1], "launch") == 0)
         return run_launch(argc - 2, argv + 2);
     if (argc > 2 && strcmp(argv[1], "exec") == 0)
