@@ -70,7 +70,8 @@ def leftovers() -> dict[str, list[str]]:
     cgroups = []
     for ctrl in ("pids", "memory", "cpu"):
         for d in Path("/sys/fs/cgroup", ctrl).rglob("redline"):
-            cgroups += [str(c) for c in d.iterdir() if c.is_dir()]
+            # (only sandbox ids: other tools may keep cgroups of their own names there)
+            cgroups += [str(c) for c in d.iterdir() if c.is_dir() and re.fullmatch("[0-9a-f]{12}", c.name)]
     base = STATE_ROOT / "sandboxes"
     states = [str(p) for p in base.glob("*")] if base.exists() else []
     out = {"processes": found_procs, "mounts": mounts, "cgroups": cgroups, "state": states}

@@ -4,7 +4,10 @@ seccomp on every process, every process seen. All real sandboxes, checked from t
 
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
+import os
 import time
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from redline.sandbox.idmap import SLOT_SIZE
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("no_leftovers")]
 
 CANARY = "redline-canary-4f1d9e"
+NS_GET_OWNER_UID = 0xB704  # ioctl on a user namespace fd: its owner's uid
 
 
 def run(coro):
@@ -186,8 +190,16 @@ def test_each_sandbox_has_its_own_host_uid_range():
             assert sleeper.uid == 1000
             # From the host, the agent is an unprivileged uid of the sandbox's range ...
             assert psutil.Process(sleeper.host_pid).uids().real == sb.id_base + 1000
-            # ... and root inside (the init) is the range's first id, not host root.
+            # ... and root inside (the init) is the range's first id, not host root, which
+            # also owns the user namespace (per-user kernel counts above it are the sandbox's).
             assert psutil.Process(sb.init_pid).uids().real == sb.id_base
+            fd = os.open(f"/proc/{sb.init_pid}/ns/user", os.O_RDONLY)
+            try:
+                owner = array.array("I", [0])
+                fcntl.ioctl(fd, NS_GET_OWNER_UID, owner)
+            finally:
+                os.close(fd)
+            assert owner[0] == sb.id_base
             assert sbprocs.uid_of(sleeper.host_pid) == 1000
             root_out = await sh(sb, "id -u; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' "
                                     "/proc/self/status", user="root")

@@ -269,21 +269,21 @@ class Sandbox:
         return path
 
     def _launch(self) -> None:
-        """Start bwrap as the sandbox's own host uid; hand it the id maps; wait for the init."""
+        """Start bwrap through the helper (which makes the user namespace); wait for the init."""
         cfg = self.cfg
         life_r, life_w = os.pipe()
         ready_r, ready_w = os.pipe()
         info_r, info_w = os.pipe()
-        block_r, block_w = os.pipe() if cfg.userns else (None, None)
-        sec_r = _data_pipe(seccomp.program()) if cfg.seccomp else None
-        child_fds = [fd for fd in (life_r, ready_w, info_w, block_r, sec_r) if fd is not None]
-        fds = rootfs.BwrapFds(life_r, ready_w, block_r, sec_r)
+        sync_r, sync_w = os.pipe() if cfg.userns else (-1, -1)
+        block_r, block_w = os.pipe() if cfg.userns else (-1, -1)
+        sec_r = _data_pipe(seccomp.program()) if cfg.seccomp else -1
+        child_fds = [fd for fd in (life_r, ready_w, info_w, sync_w, block_r, sec_r) if fd >= 0]
+        fds = rootfs.BwrapFds(life_r, ready_w, sec_r if sec_r >= 0 else None)
         args = ["--info-fd", str(info_w),
                 *rootfs.bwrap_args(self.state, cfg, fds, self._init_binary(), self._staged)]
         assert self.cgroups is not None
-        b = str(self.id_base)
-        argv = [helper_path(), "launch", b, b, *self.cgroups.procs_files(), "--",
-                str(bwrap_path()), "sbx-init", *args]  # "sbx-init": how ps shows it
+        argv = [helper_path(), "launch", str(sync_w), str(block_r), str(self.id_base),
+                *self.cgroups.procs_files(), "--", str(bwrap_path()), "sbx-init", *args]  # ps: sbx-init
         try:
             with open(self.state / "bwrap.err", "wb") as errf:
                 self.proc = subprocess.Popen(
@@ -295,23 +295,28 @@ class Sandbox:
                 os.close(fd)
         self._lifeline_w = life_w
         try:
-            self.init_pid = self._handshake(info_r, block_w, ready_r)
+            self.init_pid = self._handshake(info_r, ready_r, sync_r, block_w)
         finally:
-            for fd in (info_r, ready_r, block_w):
-                if fd is not None:
+            for fd in (info_r, ready_r, sync_r, block_w):
+                if fd >= 0:
                     os.close(fd)
 
-    def _handshake(self, info_r: int, block_w: int | None, ready_r: int) -> int:
+    def _handshake(self, info_r: int, ready_r: int, sync_r: int, block_w: int) -> int:
         deadline = time.monotonic() + READY_TIMEOUT
+        if sync_r >= 0 and self.lease is not None and self.proc is not None:
+            # The helper has made the user namespace and waits for its id maps.
+            ok, _, _ = select.select([sync_r], [], [], READY_TIMEOUT)
+            if ok and os.read(sync_r, 1):
+                idmap.write_maps(self.proc.pid, self.lease.base)
+                os.write(block_w, b"1")
         info = _read_until_eof(info_r, deadline)
         pid = int(json.loads(info)["child-pid"]) if info else 0
-        if pid and block_w is not None and self.lease is not None:
-            idmap.write_maps(pid, self.lease.base)
-            os.write(block_w, b"1")
         ok, _, _ = select.select([ready_r], [], [], max(0.0, deadline - time.monotonic()))
         if not pid or not ok or not os.read(ready_r, 16):
             err = (self.state / "bwrap.err").read_text(errors="replace").strip()
-            raise SandboxError(f"sandbox failed to start: {err or 'no output (timeout)'}")
+            hint = (" (with userns: false the sandbox does without a user namespace, if this host's "
+                    "kernel cannot give it one)") if self.cfg.userns else ""
+            raise SandboxError(f"sandbox failed to start: {err or 'no output (timeout)'}{hint}")
         return pid
 
     def destroy(self) -> None:

@@ -186,20 +186,18 @@ def _parents(dst: str, made: set[str], bases: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class BwrapFds:
-    """Descriptors bwrap inherits: lifeline (read end), ready (write end), and the optional
-    user-namespace block pipe (read end) and seccomp program (read by the init)."""
+    """Descriptors bwrap passes to the init: lifeline (read end), ready (write end), and the
+    optional seccomp program."""
 
     lifeline: int
     ready: int
-    userns_block: int | None = None
     seccomp: int | None = None
 
 
-def _namespace_args(cfg: RedlineSandboxConfig, fds: BwrapFds) -> list[str]:
+def _namespace_args(cfg: RedlineSandboxConfig) -> list[str]:
+    # The user namespace (when configured) exists already: the helper made it and bwrap runs
+    # as its root; the namespaces below belong to it.
     a = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
-    if fds.userns_block is not None:
-        # The harness writes the uid/gid maps (a whole range) while bwrap waits on this pipe.
-        a += ["--unshare-user", "--userns-block-fd", str(fds.userns_block)]
     # --die-with-parent ties the namespace init to the outer bwrap, which exits as soon as the
     # lifeline payload does; the kernel then kills everything in the pid namespace. The init
     # keeps CAP_SYS_ADMIN for its first step only (making /proc/sys read-only, see sbx.c), then
@@ -246,7 +244,7 @@ def bwrap_args(state: Path, cfg: RedlineSandboxConfig, fds: BwrapFds, init_binar
     """bwrap's arguments; `staged` maps host sources to where bwrap should take them from."""
     rw = state / "rw"
     src = staged or {}
-    a = _namespace_args(cfg, fds) + _system_args(rw, cfg, src)
+    a = _namespace_args(cfg) + _system_args(rw, cfg, src)
     a += ["--bind", str(rw / "home"), "/home"]
     # bwrap makes missing parents 0700; the agent must be able to walk them.
     a += ["--perms", "0755", "--dir", "/var"]

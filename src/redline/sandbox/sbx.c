@@ -9,11 +9,16 @@
  *       reaps orphans, and lives exactly as long as the harness holds the lifeline pipe's
  *       write end. LABEL (the sandbox id) only names it in ps.
  *
- *   redline-sbx launch UID GID [CGROUP_PROCS...] -- PATH ARGV0 [ARGS...]
- *       Starts bwrap: joins the sandbox's cgroups (so that everything bwrap forks is capped),
- *       becomes host UID/GID with no supplementary groups (with a user namespace: the
- *       unprivileged host uid that root inside maps to, so that nothing in the sandbox, bwrap's
- *       own setup included, ever runs as host root), and execs PATH as ARGV0.
+ *   redline-sbx launch SYNC_FD BLOCK_FD OWNER [CGROUP_PROCS...] -- PATH ARGV0 [ARGS...]
+ *       Starts bwrap: joins the sandbox's cgroups (so that everything bwrap forks is capped).
+ *       With SYNC_FD >= 0 it then makes the sandbox's user namespace itself, owned by host
+ *       uid/gid OWNER (the first id of the sandbox's range: the kernel charges per-user counts
+ *       such as inotify instances to the owner, so they must not be host root's) but with
+ *       host root's capabilities kept for that one call (so no policy against unprivileged
+ *       user namespaces, e.g. Ubuntu's AppArmor one, gets in the way). It writes one byte to
+ *       SYNC_FD, waits for one byte on BLOCK_FD (the harness writes the uid/gid maps
+ *       meanwhile) and becomes root of the namespace: from then on it, bwrap and everything
+ *       in the sandbox run as the sandbox's unprivileged host ids. Then it execs PATH as ARGV0.
  *
  *   redline-sbx exec PIDFD NSFLAGS UID GID BPF CWD [CGROUP_PROCS...] -- CMD [ARGS...]
  *       Runs one command inside a running sandbox: joins the sandbox's cgroups (host paths),
@@ -217,19 +222,45 @@ static int find_separator(int argc, char **argv, int from)
     return 0;
 }
 
+static void enter_new_userns(int sync, int block, uid_t owner)
+{
+    char b = 'u';
+    struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+    /* The new namespace's owner is the creator's effective ids; keep the capabilities. */
+    if (prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0 || setresgid(0, owner, 0) < 0 || setresuid(0, owner, 0) < 0)
+        die("take the sandbox's host ids", NULL);
+    if (syscall(SYS_capget, &hdr, data) < 0)
+        die("capget", NULL);
+    data[0].effective = data[0].permitted;
+    data[1].effective = data[1].permitted;
+    if (syscall(SYS_capset, &hdr, data) < 0)
+        die("capset", NULL);
+    if (unshare(CLONE_NEWUSER) < 0)
+        die("make user namespace", NULL);
+    if (write(sync, &b, 1) != 1 || read(block, &b, 1) != 1)
+        die("wait for the id maps", NULL);
+    close(sync);
+    close(block);
+    /* Root of the new namespace: the first id of the sandbox's host range. */
+    if (setgroups(0, NULL) < 0 || setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+        die("become root of the user namespace", NULL);
+}
+
 static int run_launch(int argc, char **argv)
 {
-    int sep = find_separator(argc, argv, 2);
-    if (argc < 5 || sep == 0 || sep + 2 >= argc) {
+    int sep = find_separator(argc, argv, 3);
+    if (argc < 6 || sep == 0 || sep + 2 >= argc) {
         errno = EINVAL;
-        die("usage: launch UID GID [CGROUP_PROCS...] -- PATH ARGV0 [ARGS...]", NULL);
+        die("usage: launch SYNC_FD BLOCK_FD OWNER [CGROUP_PROCS...] -- PATH ARGV0 [ARGS...]", NULL);
     }
-    uid_t uid = (uid_t)number(argv[0], "uid");
-    gid_t gid = (gid_t)number(argv[1], "gid");
-    for (int i = 2; i < sep; i++)
+    int sync = (int)number(argv[0], "sync fd");
+    int block = (int)number(argv[1], "block fd");
+    uid_t owner = (uid_t)number(argv[2], "owner");
+    for (int i = 3; i < sep; i++)
         join_cgroup(argv[i]);
-    if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
-        die("set user", NULL);
+    if (sync >= 0)
+        enter_new_userns(sync, block, owner);
     execv(argv[sep + 1], argv + sep + 2);
     die("exec", argv[sep + 1]);
     return SETUP_FAILED;
