@@ -74,8 +74,8 @@ def test_no_process_of_the_sandbox_carries_a_harness_variable(monkeypatch):
             init_env = Path(f"/proc/{sb.init_pid}/environ").read_bytes().split(b"\0")
             assert sorted(e.split(b"=")[0] for e in init_env if e) == [b"LANG", b"PATH", b"PWD"]
         finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
+            sb.kill([p.pid for p in sb.processes() if p.cmdline == ["sleep", "30"]])
+            await asyncio.wait_for(running, 30)
 
     with Boxes() as [sb]:
         run(go(sb))

@@ -450,26 +450,7 @@ class Sandbox:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 proc.stdin.close()
-            waiter = asyncio.ensure_future(_exited(proc))
-            over = [asyncio.ensure_future(p.over.wait()) for p in pumps]
-            done, _ = await asyncio.wait([waiter, *over], timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            for f in over:
-                f.cancel()
-            if waiter not in done:
-                self._killpg(proc.pid)
-                await _exited(proc)
-                await self._reaped(proc.pid)
-                if any(p.over.is_set() for p in pumps):
-                    tail = pumps[0].buf[-4096:].decode(errors="replace")
-                    raise OutputTooLarge(output_limit or 0, tail)
-                raise TimeoutError(f"command timed out after {timeout} seconds")
-            # Output written before exit is already in the pipes: collect it, then detach.
-            await asyncio.wait([p.task for p in pumps], timeout=DETACH_GRACE)
-            for p in pumps:
-                p.detach()
-            if any(p.over.is_set() for p in pumps):
-                raise OutputTooLarge(output_limit or 0, pumps[0].buf[-4096:].decode(errors="replace"))
+            await self._finish(proc, pumps, timeout, output_limit)
             return RawResult(proc.returncode or 0, bytes(pumps[0].buf), bytes(pumps[1].buf))
         except asyncio.CancelledError:
             # Inspect cancels on Ctrl-C and on limits: never leave the command running.
@@ -478,6 +459,28 @@ class Sandbox:
         finally:
             for p in pumps:
                 p.detach()
+
+    async def _finish(self, proc: asyncio.subprocess.Process, pumps: list[_Pump],
+                      timeout: float | None, output_limit: int | None) -> None:
+        """Wait for the exit (killing the command at the timeout or the output limit)."""
+        waiter = asyncio.ensure_future(_exited(proc))
+        over = [asyncio.ensure_future(p.over.wait()) for p in pumps]
+        done, _ = await asyncio.wait([waiter, *over], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for f in over:
+            f.cancel()
+        if waiter not in done:
+            self._killpg(proc.pid)
+            await _exited(proc)
+            await self._reaped(proc.pid)
+            if not any(p.over.is_set() for p in pumps):
+                raise TimeoutError(f"command timed out after {timeout} seconds")
+        else:
+            # Output written before exit is already in the pipes: collect it, then detach.
+            await asyncio.wait([p.task for p in pumps], timeout=DETACH_GRACE)
+        for p in pumps:
+            p.detach()
+        if any(p.over.is_set() for p in pumps):
+            raise OutputTooLarge(output_limit or 0, pumps[0].buf[-4096:].decode(errors="replace"))
 
     @staticmethod
     async def _reaped(pgid: int, timeout: float = 2.0) -> None:
