@@ -314,8 +314,8 @@ def test_sigkill_of_harness_then_sweep_leaves_nothing(tmp_path):
         r = subprocess.run([str(Path(sys.executable).parent / "inspect"), "sandbox", "cleanup", "redline"],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-        assert not any(Path("/run/redline/sandboxes", i).exists() for i in ids)
-        assert int(r.stdout.split("removed ")[1].split()[0]) >= 3, r.stdout
+        # (another run's startup sweep may have removed them first: what counts is that they are gone)
+        assert not any(Path("/run/redline/sandboxes", i).exists() for i in ids), r.stdout
     finally:
         holder.kill()
         holder.wait()

@@ -15,6 +15,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -63,6 +64,7 @@ class RawResult:
     returncode: int
     stdout: bytes
     stderr: bytes
+    exec_errno: int | None = None  # the command could not be executed at all (errno of execve)
 
 
 class _Pump:
@@ -390,8 +392,10 @@ class Sandbox:
         user: str | None = None,
         cwd: str | None = None,
         env: dict[str, str] | None = None,
+        errfd: int = -1,
     ) -> tuple[list[str], dict[str, str]]:
-        """argv and environment that run `cmd` inside the sandbox (pass `pass_fds=(pidfd,)`).
+        """argv and environment that run `cmd` inside the sandbox (pass `pass_fds=(pidfd,)`, and
+        `errfd`, a pipe's write end that receives execve's errno if `cmd` cannot be executed).
 
         The helper enters every namespace of the init through its pidfd, joins the cgroups, and
         runs `cmd` as the user with no capabilities, no_new_privs and the seccomp filter; root
@@ -406,8 +410,8 @@ class Sandbox:
         flags = NS_FLAGS | (CLONE_NEWUSER if self.cfg.userns else 0)
         bpf = str(self.state / "seccomp.bpf") if self.cfg.seccomp else "-"
         assert self.cgroups is not None
-        argv = [helper_path(), "exec", str(self.pidfd), hex(flags), str(uid), str(gid), bpf, wd,
-                *self.cgroups.procs_files(), "--", *cmd]
+        argv = [helper_path(), "exec", str(self.pidfd), str(errfd), hex(flags), str(uid), str(gid), bpf,
+                wd, *self.cgroups.procs_files(), "--", *cmd]
         # Only what we choose crosses in: never the harness's environment (API keys).
         environ = {"PATH": PATH, "HOME": home, "USER": name, "LOGNAME": name,
                    "LANG": "C.UTF-8", "SHELL": "/bin/bash", "TERM": "dumb"}
@@ -430,16 +434,30 @@ class Sandbox:
         (`server &`) may keep them open for hours. Whatever such children print afterwards is
         drained and dropped, like a terminal nobody watches, up to DRAIN_LIMIT bytes.
         """
-        argv, environ = self.command(cmd, user, cwd, env)
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=environ,
-            start_new_session=True,
-            pass_fds=(self.pidfd,),
-        )
+        err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            argv, environ = self.command(cmd, user, cwd, env, errfd=err_w)
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=environ,
+                start_new_session=True,
+                pass_fds=(self.pidfd, err_w),
+            )
+        except BaseException:
+            os.close(err_r)
+            raise
+        finally:
+            os.close(err_w)
+        try:
+            return await self._complete(proc, input, timeout, output_limit, err_r)
+        finally:
+            os.close(err_r)
+
+    async def _complete(self, proc: asyncio.subprocess.Process, input: bytes | None,
+                        timeout: float | None, output_limit: int | None, err_r: int) -> RawResult:
         pumps = [_Pump(proc.stdout, output_limit), _Pump(proc.stderr, output_limit)]
         try:
             if input is not None:
@@ -451,7 +469,12 @@ class Sandbox:
                     pass
                 proc.stdin.close()
             await self._finish(proc, pumps, timeout, output_limit)
-            return RawResult(proc.returncode or 0, bytes(pumps[0].buf), bytes(pumps[1].buf))
+            try:
+                raw = os.read(err_r, 4)  # the helper has exited: data or EOF, never a wait
+            except BlockingIOError:
+                raw = b""  # a grandchild still holds it (it cannot: close-on-exec) - no data
+            errno_ = int.from_bytes(raw, sys.byteorder) if len(raw) == 4 else None
+            return RawResult(proc.returncode or 0, bytes(pumps[0].buf), bytes(pumps[1].buf), errno_)
         except asyncio.CancelledError:
             # Inspect cancels on Ctrl-C and on limits: never leave the command running.
             self._killpg(proc.pid)

@@ -98,9 +98,12 @@ def _check_regular(fd: int, path: str) -> os.stat_result:
     return st
 
 
-def _reopen(fd: int, flags: int) -> int:
+def _reopen(fd: int, flags: int, path: str) -> int:
     """Open the very inode an O_PATH descriptor names (no second path lookup to race)."""
-    return os.open(f"/proc/self/fd/{fd}", flags | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    try:
+        return os.open(f"/proc/self/fd/{fd}", flags | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None  # the sandbox path, not /proc/self/...
 
 
 def _become(who: Identity) -> None:
@@ -140,7 +143,7 @@ def read(root: int, path: str, limit: int, deadline: float, truncate: bool = Fal
         st = _check_regular(pfd, path)
         if st.st_size > limit and not truncate:
             raise FileTooLarge(path, limit)  # (a sparse 1 GB file costs nothing to refuse)
-        fd = _reopen(pfd, os.O_RDONLY)
+        fd = _reopen(pfd, os.O_RDONLY, path)
     finally:
         os.close(pfd)
     try:
@@ -189,7 +192,7 @@ def _open_for_write(root: int, path: str) -> int:
                 continue
         try:
             _check_regular(pfd, path)
-            return _reopen(pfd, os.O_WRONLY | os.O_TRUNC)
+            return _reopen(pfd, os.O_WRONLY | os.O_TRUNC, path)
         finally:
             os.close(pfd)
     raise PermissionError(errno.EAGAIN, "the file kept changing under us", path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
@@ -121,6 +122,8 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
             raise OutputLimitExceededError(
                 SandboxEnvironmentLimits.MAX_EXEC_OUTPUT_SIZE_STR, e.tail
             ) from None
+        if r.exec_errno in (errno.EACCES, errno.EPERM, errno.ENOEXEC):
+            raise PermissionError(r.exec_errno, f"cannot execute {cmd[0]}", cmd[0])
         return ExecResult(
             success=r.returncode == 0,
             returncode=r.returncode,

@@ -20,13 +20,13 @@
  *       meanwhile) and becomes root of the namespace: from then on it, bwrap and everything
  *       in the sandbox run as the sandbox's unprivileged host ids. Then it execs PATH as ARGV0.
  *
- *   redline-sbx exec PIDFD NSFLAGS UID GID BPF CWD [CGROUP_PROCS...] -- CMD [ARGS...]
+ *   redline-sbx exec PIDFD ERRFD NSFLAGS UID GID BPF CWD [CGROUP_PROCS...] -- CMD [ARGS...]
  *       Runs one command inside a running sandbox: joins the sandbox's cgroups (host paths),
  *       enters all its namespaces at once through a pidfd of its init (no pid-reuse race),
  *       forks into its pid namespace, becomes UID/GID (as seen inside) with no capabilities
  *       and no_new_privs, loads the seccomp program in file BPF ("-" for none), changes to CWD
- *       and execs CMD with the environment it was given. The parent waits and passes the exit
- *       status on (a signal as the same signal), like nsenter.
+ *       and execs CMD with the environment it was given; if that exec fails, its errno goes to
+ *       ERRFD (-1: none). The parent waits and passes the exit status on (a signal N as 128+N).
  *
  * Exit codes of its own: 125 setup failed, 126 CMD not executable, 127 CMD not found.
  * Why C: a Python child costs ~20 ms, and neither nsenter nor setpriv can load a seccomp
@@ -203,15 +203,8 @@ static void pass_status_on(pid_t child)
     while (waitpid(child, &st, 0) < 0)
         if (errno != EINTR)
             die("waitpid", NULL);
-    if (WIFSIGNALED(st)) {
-        sigset_t all;
-        signal(WTERMSIG(st), SIG_DFL);
-        sigfillset(&all);
-        sigprocmask(SIG_UNBLOCK, &all, NULL);
-        kill(getpid(), WTERMSIG(st));
-        _exit(128 + WTERMSIG(st));
-    }
-    _exit(WEXITSTATUS(st));
+    /* A signal death reads as a shell reports it (128 + N), as Inspect's contract expects. */
+    _exit(WIFSIGNALED(st) ? 128 + WTERMSIG(st) : WEXITSTATUS(st));
 }
 
 static int find_separator(int argc, char **argv, int from)
@@ -269,34 +262,43 @@ static int run_launch(int argc, char **argv)
 static int run_exec(int argc, char **argv)
 {
     struct sock_fprog prog = {0, NULL};
-    int sep = find_separator(argc, argv, 6);
-    if (argc < 8 || sep == 0 || sep + 1 >= argc) {
+    int sep = find_separator(argc, argv, 7);
+    if (argc < 9 || sep == 0 || sep + 1 >= argc) {
         errno = EINVAL;
-        die("usage: exec PIDFD NSFLAGS UID GID BPF CWD [CGROUP_PROCS...] -- CMD [ARGS...]", NULL);
+        die("usage: exec PIDFD ERRFD NSFLAGS UID GID BPF CWD [CGROUP_PROCS...] -- CMD [ARGS...]", NULL);
     }
     int pidfd = (int)number(argv[0], "pidfd");
-    int flags = (int)number(argv[1], "namespace flags");
-    uid_t uid = (uid_t)number(argv[2], "uid");
-    gid_t gid = (gid_t)number(argv[3], "gid");
-    for (int i = 6; i < sep; i++)
+    int errfd = (int)number(argv[1], "error fd");
+    int flags = (int)number(argv[2], "namespace flags");
+    uid_t uid = (uid_t)number(argv[3], "uid");
+    gid_t gid = (gid_t)number(argv[4], "gid");
+    for (int i = 7; i < sep; i++)
         join_cgroup(argv[i]); /* before setns: these are host paths */
-    if (strcmp(argv[4], "-") != 0)
-        read_bpf(argv[4], &prog);
+    if (strcmp(argv[5], "-") != 0)
+        read_bpf(argv[5], &prog);
     if (setns(pidfd, flags) < 0)
         die("enter sandbox namespaces", NULL);
     close(pidfd);
     pid_t child = fork();
     if (child < 0)
         die("fork", NULL);
-    if (child > 0)
+    if (child > 0) {
+        close(errfd); /* the harness sees EOF on it once the child has exec'd (or died) */
         pass_status_on(child);
+    }
     drop_privileges(uid, gid);
-    if (chdir(argv[5]) < 0)
-        die("cannot change directory to", argv[5]);
+    if (chdir(argv[6]) < 0)
+        die("cannot change directory to", argv[6]);
     if (prog.len && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0)
         die("load seccomp program", NULL);
+    /* ERRFD closes on a successful exec; a failed one reports its errno there, out of band:
+       nothing the command prints can pass for it. */
+    if (errfd >= 0 && fcntl(errfd, F_SETFD, FD_CLOEXEC) < 0)
+        die("error fd", NULL);
     execvp(argv[sep + 1], argv + sep + 1);
     int e = errno;
+    if (errfd >= 0 && write(errfd, &e, sizeof e) != sizeof e)
+        e = errno;
     fprintf(stderr, "redline-sbx: %s: %s\n", argv[sep + 1], strerror(e));
     _exit(e == ENOENT ? 127 : 126);
 }
