@@ -407,3 +407,59 @@ def test_hardening_switches_for_the_benchmark():
 
     with Boxes(userns=False, seccomp=False) as [sb]:
         run(go(sb))
+
+
+UEVENT_LISTENER = """
+import socket, sys, time
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15)  # NETLINK_KOBJECT_UEVENT
+s.bind((0, 1))
+s.settimeout(0.2)
+open("ready", "w").close()
+deadline = time.monotonic() + float(sys.argv[2])
+seen = False
+while time.monotonic() < deadline and not seen:
+    try:
+        seen = sys.argv[1].encode() in s.recv(65536)
+    except socket.timeout:
+        pass
+print("seen" if seen else "none", flush=True)
+"""
+
+
+def _uevent_seen_inside(sb: Sandbox, tag: str) -> str:
+    """Listen for uevents inside, emit a synthetic one on the host (/dev/null's device: no
+    state changes, no udev here), and say whether the sandbox saw it."""
+    import socket
+    import uuid
+
+    host = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15)
+    host.bind((0, 1))
+    host.settimeout(10)
+
+    async def go() -> str:
+        sb.write_file("listen.py", UEVENT_LISTENER.encode())
+        inside = asyncio.ensure_future(sh(sb, f"python3 listen.py {tag} 3"))
+        deadline = time.monotonic() + 30
+        while sb.read_bytes("ready") is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        Path("/sys/devices/virtual/mem/null/uevent").write_text(f"change {tag}")
+        while tag.encode() not in host.recv(65536):  # the host itself did get it
+            pass
+        return (await inside).strip()
+
+    try:
+        assert uuid.UUID(tag)
+        return run(go())
+    finally:
+        host.close()
+
+
+def test_host_uevents_do_not_reach_the_sandbox():
+    import uuid
+
+    # seccomp off, so that the socket can be opened at all: this is the user namespace's doing.
+    with Boxes(seccomp=False) as [sb]:
+        assert _uevent_seen_inside(sb, str(uuid.uuid4())) == "none"
+    # Without a user namespace they did (the test can tell the difference).
+    with Boxes(seccomp=False, userns=False) as [sb]:
+        assert _uevent_seen_inside(sb, str(uuid.uuid4())) == "seen"
