@@ -44,6 +44,10 @@ DENIED: dict[str, tuple[str, ...]] = {
                             "sysfs", "sethostname", "setdomainname"),
 }
 
+class SeccompUnavailable(RuntimeError):
+    pass
+
+
 AF_NETLINK = 16
 # Address families a program may open: Unix, IPv4, IPv6, netlink. Others (AF_VSOCK reaches the
 # hypervisor host and is not network-namespaced; AF_ALG, AF_PACKET, AF_KEY, ...) fail as if the
@@ -85,7 +89,14 @@ def program() -> bytes:
     Syscalls of any other ABI (i386 `int 0x80`, x32) kill the process: a filter written for one
     syscall table says nothing about another.
     """
-    import pyseccomp as sc
+    try:
+        import pyseccomp as sc
+    except (ImportError, RuntimeError, OSError) as e:  # RuntimeError: "Unable to find libseccomp"
+        raise SeccompUnavailable(
+            f"cannot compile the sandbox's seccomp filter ({e}): it needs the host's libseccomp "
+            "(Debian: apt-get install libseccomp2; scripts/setup.sh does it), or seccomp: false "
+            "in the sandbox config (weaker containment)"
+        ) from e
 
     f = sc.SyscallFilter(sc.ALLOW)
     f.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
