@@ -1,4 +1,5 @@
-"""One sandbox: a bwrap-made init in fresh pid/mount/net/uts/ipc namespaces, entered by nsenter.
+"""One sandbox: an init in its own user (uid range), pid, mount, net, uts, ipc and cgroup
+namespaces, made by bwrap and entered through the `redline-sbx` helper (docs/containment.md).
 
 Independent of Inspect so that tests, benchmarks and the judge can drive it directly; the
 Inspect provider in `provider.py` is a thin layer over it.
@@ -175,7 +176,7 @@ def _read_until_eof(fd: int, deadline: float) -> bytes:
 
 
 def _data_pipe(data: bytes) -> int:
-    """A pipe's read end that yields `data` then EOF (bwrap reads its seccomp program so)."""
+    """A pipe's read end that yields `data` then EOF (the init reads its seccomp program so)."""
     r, w = os.pipe()
     try:
         os.write(w, data)  # far below the pipe's 64 KiB: never blocks
