@@ -43,6 +43,14 @@ def test_concurrent_harnesses_never_share_a_range(tmp_path):
             assert h.stdout is not None
             taken += [int(s) for s in h.stdout.readline().split()]
         assert len(taken) == 40 and len(set(taken)) == 40
+        # A pool that overlaps this one by half agrees on the slots: it gets exactly the free ones.
+        half = set(range(FIRST // SLOT_SIZE + 24, FIRST // SLOT_SIZE + 48))
+        other = [allocate(tmp_path, FIRST + 24 * SLOT_SIZE, 24) for _ in half - set(taken)]
+        assert {o.slot for o in other} == half - set(taken)
+        with pytest.raises(IdRangeError):
+            allocate(tmp_path, FIRST + 24 * SLOT_SIZE, 24)
+        for o in other:
+            o.release()
         # This process finds the 8 slots that remain, then none.
         mine = [allocate(tmp_path, FIRST, 48) for _ in range(8)]
         assert {m.slot for m in mine}.isdisjoint(taken)
@@ -59,10 +67,12 @@ def test_concurrent_harnesses_never_share_a_range(tmp_path):
 
 def test_a_dead_holders_range_is_reused_once_nothing_runs_in_it(tmp_path):
     h = hold(tmp_path, 1, 1)
-    assert h.stdout is not None and h.stdout.readline().split() == ["0"]
+    slot = FIRST // SLOT_SIZE
+    lock = tmp_path / f"{slot:05d}"
+    assert h.stdout is not None and h.stdout.readline().split() == [str(slot)]
     with pytest.raises(IdRangeError):  # held by a live process
         allocate(tmp_path, FIRST, 1)
-    assert release_stale(tmp_path / "00000") is False
+    assert release_stale(lock) is False
     h.kill()
     h.wait()
     # The lock died with its holder, but a process still runs as an id of the range.
@@ -79,9 +89,9 @@ def test_a_dead_holders_range_is_reused_once_nothing_runs_in_it(tmp_path):
         squatter.kill()
         squatter.wait()
     lease = allocate(tmp_path, FIRST, 1)
-    assert (lease.slot, lease.base) == (0, FIRST)
+    assert (lease.slot, lease.base) == (slot, FIRST)
     lease.release()
-    assert not (tmp_path / "00000").exists()
+    assert not lock.exists()
 
 
 @pytest.mark.usefixtures("no_leftovers")
@@ -92,7 +102,8 @@ def test_destroy_releases_and_sweep_reclaims_after_a_crash(tmp_path):
     try:
         assert sb.lease is not None
         assert [p.name for p in lock_dir.iterdir()] == [sb.lease.path.name]
-        assert sb.id_base == cfg.id_range_base + sb.lease.slot * SLOT_SIZE
+        assert sb.id_base == sb.lease.slot * SLOT_SIZE
+        assert cfg.id_range_base <= sb.id_base < cfg.id_range_base + cfg.id_range_slots * SLOT_SIZE
     finally:
         sb.destroy()
     assert list(lock_dir.iterdir()) == []

@@ -95,6 +95,8 @@ class RedlineSandboxConfig(BaseModel):
     def _ids_fit(self) -> RedlineSandboxConfig:
         if self.id_range_base + self.id_range_slots * 65536 > 0xFFFFFFFF:
             raise ValueError("id_range_base + id_range_slots * 65536 must stay below 2**32 - 1")
+        if self.id_range_base % 65536:
+            raise ValueError("id_range_base must be a multiple of 65536 (one range per sandbox)")
         if self.uid >= 65536 or self.gid >= 65536:
             raise ValueError("uid and gid must be below 65536 (the size of a sandbox's id range)")
         return self

@@ -1,9 +1,11 @@
 """Host uid/gid ranges for sandbox user namespaces, allocated collision-free across processes.
 
-Each sandbox gets a slot: 65536 host ids starting at `first + slot * 65536`, mapped to ids
-0-65535 inside (root inside = the slot's first id, the agent's uid 1000 = first + 1000). A
-slot is held by a lock file `<lock_dir>/<slot>` on which the owning harness holds an flock
-for the sandbox's life; the kernel drops the lock when the harness dies, however it dies.
+Each sandbox gets a slot: the 65536 host ids `slot * 65536 ...`, mapped to ids 0-65535 inside
+(root inside = the slot's first id, the agent's uid 1000 = first + 1000). Slots are numbered
+host-wide (not per pool), so harnesses configured with different pools still agree on which
+file guards which ids. A slot is held by a lock file `<lock_dir>/<slot>` on which the owning
+harness holds an flock for the sandbox's life; the kernel drops the lock when the harness
+dies, however it dies.
 Every harness on the host (any state root) shares one lock dir, so concurrent runs never
 share a range. A slot whose file exists but whose lock is free was left by a dead harness: it
 is reused only once no process on the host still runs with an id of its range.
@@ -74,7 +76,7 @@ def range_in_use(base: int, size: int = SLOT_SIZE) -> bool:
     return False
 
 
-def _try_slot(lock_dir: Path, slot: int, first: int) -> IdLease | None:
+def _try_slot(lock_dir: Path, slot: int) -> IdLease | None:
     path = lock_dir / f"{slot:05d}"
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -90,7 +92,7 @@ def _try_slot(lock_dir: Path, slot: int, first: int) -> IdLease | None:
     except BlockingIOError:
         os.close(fd)
         return None
-    base = first + slot * SLOT_SIZE
+    base = slot * SLOT_SIZE
     # The file may have been unlinked by its releasing owner between our open and our lock.
     if not _same_file(fd, path) or (not fresh and range_in_use(base)):
         os.close(fd)
@@ -101,11 +103,14 @@ def _try_slot(lock_dir: Path, slot: int, first: int) -> IdLease | None:
 
 
 def allocate(lock_dir: Path, first: int, slots: int) -> IdLease:
-    """Take a free slot (random start, so concurrent harnesses rarely contend)."""
+    """Take a free slot of the pool `first`, `first + 65536`, ... (`slots` of them; `first` a
+    multiple of 65536), starting at a random one so that concurrent harnesses rarely contend."""
+    if first % SLOT_SIZE:
+        raise IdRangeError(f"the first id of the pool ({first}) must be a multiple of {SLOT_SIZE}")
     lock_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     start = random.randrange(slots)
     for i in range(slots):
-        lease = _try_slot(lock_dir, (start + i) % slots, first)
+        lease = _try_slot(lock_dir, first // SLOT_SIZE + (start + i) % slots)
         if lease is not None:
             return lease
     raise IdRangeError(
