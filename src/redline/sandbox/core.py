@@ -40,6 +40,9 @@ CLONE_NEWUSER = 0x10000000
 # mount, uts, ipc, net, pid, cgroup: every namespace the init has (the user one when configured).
 NS_FLAGS = 0x00020000 | 0x04000000 | 0x08000000 | 0x40000000 | 0x20000000 | 0x02000000
 READY_TIMEOUT = 15.0
+# An empty directory the helper binds each sandbox's state dir on, inside a private mount
+# namespace of that sandbox's own (nothing is ever mounted on it in the host's).
+VIEW = "/run/redline-view"
 READ_LIMIT = 16 << 20  # default cap of harness reads of sandbox files
 FILE_TIMEOUT = 30.0
 DETACH_GRACE = 0.05
@@ -154,17 +157,6 @@ def _destroy_all_at_exit() -> None:
 atexit.register(_destroy_all_at_exit)
 
 
-def _check_reachable(state: Path) -> None:
-    bad = rootfs.unreachable(str(state))
-    if bad is not None:
-        raise SandboxError(
-            f"the sandbox state directory {state} is not reachable by other users ({bad} lacks "
-            "o+x): with a user namespace the sandbox is set up by an unprivileged host uid. Choose "
-            "a state_root every user can search (the default /run/redline is), or set userns: false "
-            "(weaker containment)."
-        )
-
-
 def _read_until_eof(fd: int, deadline: float) -> bytes:
     out = b""
     while True:
@@ -233,8 +225,6 @@ class Sandbox:
         with _live_lock:
             _live[sid] = sb
         try:
-            if cfg.userns:
-                _check_reachable(state)
             sb._start()
         except BaseException:
             sb.destroy()
@@ -263,12 +253,18 @@ class Sandbox:
             except OSError:
                 pass
 
+    def _bwrap_view(self) -> Path:
+        """Where bwrap finds the state directory: with a user namespace bwrap runs as an
+        unprivileged uid, so the helper binds the state dir on VIEW in a private mount namespace
+        (the state root may lie under a directory only root can search)."""
+        return Path(VIEW) if self.cfg.userns else self.state
+
     def _init_binary(self) -> str:
         """The helper, from a path bwrap (an unprivileged uid with a user namespace) can reach."""
         path = helper_path()
         if self.cfg.userns and rootfs.unreachable(path) is not None:
             shutil.copy(path, self.state / "sbx-init")
-            return str(self.state / "sbx-init")
+            return str(self._bwrap_view() / "sbx-init")
         return path
 
     def _launch(self) -> None:
@@ -282,10 +278,15 @@ class Sandbox:
         sec_r = _data_pipe(seccomp.program()) if cfg.seccomp else -1
         child_fds = [fd for fd in (life_r, ready_w, info_w, sync_w, block_r, sec_r) if fd >= 0]
         fds = rootfs.BwrapFds(life_r, ready_w, sec_r if sec_r >= 0 else None)
+        view = self._bwrap_view()
+        staged = {src: str(view / Path(p).relative_to(self.state)) for src, p in self._staged.items()}
         args = ["--info-fd", str(info_w),
-                *rootfs.bwrap_args(self.state, cfg, fds, self._init_binary(), self._staged)]
+                *rootfs.bwrap_args(self.state, cfg, fds, self._init_binary(), staged, view)]
         assert self.cgroups is not None
-        argv = [helper_path(), "launch", str(sync_w), str(block_r), str(self.id_base),
+        if cfg.userns:
+            Path(VIEW).mkdir(mode=0o755, exist_ok=True)
+        binding = [str(self.state), VIEW] if cfg.userns else ["-", "-"]
+        argv = [helper_path(), "launch", str(sync_w), str(block_r), str(self.id_base), *binding,
                 *self.cgroups.procs_files(), "--", str(bwrap_path()), "sbx-init", *args]  # ps: sbx-init
         try:
             with open(self.state / "bwrap.err", "wb") as errf:

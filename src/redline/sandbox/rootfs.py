@@ -240,8 +240,11 @@ def _kernel_args() -> list[str]:
 
 
 def bwrap_args(state: Path, cfg: RedlineSandboxConfig, fds: BwrapFds, init_binary: str,
-               staged: dict[str, str] | None = None) -> list[str]:
-    """bwrap's arguments; `staged` maps host sources to where bwrap should take them from."""
+               staged: dict[str, str] | None = None, view: Path | None = None) -> list[str]:
+    """bwrap's arguments; `staged` maps host sources to where bwrap should take them from, and
+    `view` is where bwrap sees the state directory (see core.VIEW)."""
+    label = state.name
+    state = view or state
     rw = state / "rw"
     src = staged or {}
     a = _namespace_args(cfg) + _system_args(rw, cfg, src)
@@ -267,5 +270,5 @@ def bwrap_args(state: Path, cfg: RedlineSandboxConfig, fds: BwrapFds, init_binar
     # as the harness holds the lifeline pipe's write end (EOF = harness gone = sandbox ends).
     bpf = str(fds.seccomp) if fds.seccomp is not None else "-1"
     a += ["--as-pid-1", "--argv0", "sbx-init", "--", INIT_PATH, "init", str(fds.ready), str(fds.lifeline),
-          bpf, state.name]
+          bpf, label]
     return a

@@ -9,8 +9,12 @@
  *       reaps orphans, and lives exactly as long as the harness holds the lifeline pipe's
  *       write end. LABEL (the sandbox id) only names it in ps.
  *
- *   redline-sbx launch SYNC_FD BLOCK_FD OWNER [CGROUP_PROCS...] -- PATH ARGV0 [ARGS...]
+ *   redline-sbx launch SYNC_FD BLOCK_FD OWNER STATE VIEW [CGROUP_PROCS...] -- PATH ARGV0 [ARGS...]
  *       Starts bwrap: joins the sandbox's cgroups (so that everything bwrap forks is capped).
+ *       With STATE and VIEW given (not "-"), it first enters a private mount namespace of its own
+ *       and binds the sandbox's state directory STATE on VIEW there: bwrap, running as an
+ *       unprivileged uid, finds everything at VIEW even when STATE lies under a directory only
+ *       root may search (pytest's tmp_path); the bind dies with the namespace, nothing to clean.
  *       With SYNC_FD >= 0 it then makes the sandbox's user namespace itself, owned by host
  *       uid/gid OWNER (the first id of the sandbox's range: the kernel charges per-user counts
  *       such as inotify instances to the owner, so they must not be host root's) but with
@@ -240,18 +244,28 @@ static void enter_new_userns(int sync, int block, uid_t owner)
         die("become root of the user namespace", NULL);
 }
 
+static void bind_view(const char *state, const char *view)
+{
+    if (unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0)
+        die("private mount namespace", NULL);
+    if (mount(state, view, NULL, MS_BIND | MS_REC, NULL) < 0)
+        die("bind the state directory on", view);
+}
+
 static int run_launch(int argc, char **argv)
 {
-    int sep = find_separator(argc, argv, 3);
-    if (argc < 6 || sep == 0 || sep + 2 >= argc) {
+    int sep = find_separator(argc, argv, 5);
+    if (argc < 8 || sep == 0 || sep + 2 >= argc) {
         errno = EINVAL;
-        die("usage: launch SYNC_FD BLOCK_FD OWNER [CGROUP_PROCS...] -- PATH ARGV0 [ARGS...]", NULL);
+        die("usage: launch SYNC_FD BLOCK_FD OWNER STATE VIEW [CGROUP_PROCS...] -- PATH ARGV0 [ARGS...]", NULL);
     }
     int sync = (int)number(argv[0], "sync fd");
     int block = (int)number(argv[1], "block fd");
     uid_t owner = (uid_t)number(argv[2], "owner");
-    for (int i = 3; i < sep; i++)
+    for (int i = 5; i < sep; i++)
         join_cgroup(argv[i]);
+    if (strcmp(argv[3], "-") != 0 && strcmp(argv[4], "-") != 0)
+        bind_view(argv[3], argv[4]);
     if (sync >= 0)
         enter_new_userns(sync, block, owner);
     execv(argv[sep + 1], argv + sep + 2);
