@@ -287,7 +287,10 @@ class Sandbox:
             Path(VIEW).mkdir(mode=0o755, exist_ok=True)
         binding = [str(self.state), VIEW] if cfg.userns else ["-", "-"]
         argv = [helper_path(), "launch", str(sync_w), str(block_r), str(self.id_base), *binding,
-                *self.cgroups.procs_files(), "--", str(bwrap_path()), "sbx-init", *args]  # ps: sbx-init
+                *self.cgroups.procs_files(), "--", str(bwrap_path()),
+                # How ps shows it: "sbx-init" and its real state dir (bwrap's own paths may be
+                # the private view), so that tools can tell whose sandbox it is.
+                f"sbx-init {self.state}", *args]
         try:
             with open(self.state / "bwrap.err", "wb") as errf:
                 self.proc = subprocess.Popen(
