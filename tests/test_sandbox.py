@@ -277,11 +277,10 @@ def test_bad_configs_are_clear_errors(tmp_path):
         RedlineSandboxConfig(ro_binds={"/no/such/file": "/opt/x"})
     fake_root = tmp_path / "cgroup"
     fake_root.mkdir()
+    before = set(Path("/run/redline/sandboxes").glob("*"))  # (other runs may have theirs there)
     with pytest.raises(CgroupError, match="not mounted"):
         Sandbox.create(RedlineSandboxConfig(cgroup_root=str(fake_root)))
-    # Ours only: colleagues' runs on this host have sandboxes of their own.
-    owners = [o.read_text().split()[0] for o in Path("/run/redline/sandboxes").glob("*/owner")]
-    assert str(os.getpid()) not in owners
+    assert set(Path("/run/redline/sandboxes").glob("*")) <= before
 
 
 def test_sigkill_of_harness_then_sweep_leaves_nothing(tmp_path):
@@ -293,18 +292,17 @@ def test_sigkill_of_harness_then_sweep_leaves_nothing(tmp_path):
             boxes = [Sandbox.create() for _ in range(3)]
             for b in boxes:
                 await b.run(["bash", "-c", "sleep 600 >/dev/null 2>&1 &"])
-            print("ready", flush=True)
+            print(" ".join(b.id for b in boxes), flush=True)
             await asyncio.sleep(600)
         asyncio.run(main())
     """))
     holder = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "ready"
+        ids = holder.stdout.readline().split()
         from tests.conftest import leftovers
 
-        owners = [o.read_text().split()[0] for o in Path("/run/redline/sandboxes").glob("*/owner")]
-        assert owners.count(str(holder.pid)) == 3  # colleagues' runs may own others
+        assert len(ids) == 3 and all(Path("/run/redline/sandboxes", i).is_dir() for i in ids)
         holder.kill()
         holder.wait()
         # The lifeline ends every process at once...
@@ -316,10 +314,8 @@ def test_sigkill_of_harness_then_sweep_leaves_nothing(tmp_path):
         r = subprocess.run([str(Path(sys.executable).parent / "inspect"), "sandbox", "cleanup", "redline"],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stderr
-        # At least ours: dead colleagues' runs on this host may have left some too.
-        assert int(r.stdout.split("removed ")[1].split()[0]) >= 3, r.stdout
-        owners = [o.read_text().split()[0] for o in Path("/run/redline/sandboxes").glob("*/owner")]
-        assert str(holder.pid) not in owners
+        # (another run's startup sweep may have removed them first: what counts is that they are gone)
+        assert not any(Path("/run/redline/sandboxes", i).exists() for i in ids), r.stdout
     finally:
         holder.kill()
         holder.wait()

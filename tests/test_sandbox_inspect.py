@@ -19,9 +19,11 @@ def scripted(input, tools, tool_choice, config) -> ModelOutput:
     usage = ModelUsage(input_tokens=1, output_tokens=1, total_tokens=2)
     if not tool_msgs:
         word = input[-1].text.split()[-1]
+        # The server's start is waited for (a busy machine may take seconds), not slept on.
         cmd = (f"echo {word} > mine.txt; python3 -m http.server 8000 >/dev/null 2>&1 & "
-               "sleep 0.5; cat mine.txt; ls /home/agent; hostname; "
-               "curl -s -o /dev/null -w 'http=%{http_code}' http://127.0.0.1:8000/")
+               "cat mine.txt; ls /home/agent; hostname; "
+               "for i in $(seq 300); do code=$(curl -s -o /dev/null -w '%{http_code}' "
+               "http://127.0.0.1:8000/) && break; sleep 0.1; done; echo \"http=$code\"")
         out = ModelOutput.for_tool_call("mockllm/model", "bash", {"command": cmd})
     else:
         out = ModelOutput.from_content("mockllm/model", f"ANSWER {tool_msgs[-1].text}")

@@ -286,12 +286,17 @@ def join_prefix(procs_files: list[str], rlimits: dict[str, int] | None = None) -
     prlimit after the script, so only commands get them: argv[2] alone is the joining script.
     """
     writes = "".join(f"echo $$ > {shlex.quote(p)} && " for p in procs_files)
-    argv = ["/bin/sh", "-c", writes + 'exec "$@"', "sbx-join"]
-    if rlimits:
-        argv.append(PRLIMIT)
-        if "nproc" in rlimits:
-            argv.append(f"--nproc={rlimits['nproc']}")
-        if "as_bytes" in rlimits:
-            argv.append(f"--as={rlimits['as_bytes']}")
-        argv.append("--")
-    return argv
+    return ["/bin/sh", "-c", writes + 'exec "$@"', "sbx-join", *rlimit_prefix(rlimits)]
+
+
+def rlimit_prefix(rlimits: dict[str, int] | None) -> list[str]:
+    """util-linux prlimit in front of a command: the stand-ins for missing controllers (weaker
+    containment only; empty otherwise)."""
+    if not rlimits:
+        return []
+    argv = [PRLIMIT]
+    if "nproc" in rlimits:
+        argv.append(f"--nproc={rlimits['nproc']}")
+    if "as_bytes" in rlimits:
+        argv.append(f"--as={rlimits['as_bytes']}")
+    return [*argv, "--"]

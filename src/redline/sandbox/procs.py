@@ -1,10 +1,19 @@
-"""What runs inside a sandbox, read from the host's /proc (nothing the agent can forge)."""
+"""What runs inside a sandbox, read from the host's /proc (nothing the agent can forge).
+
+psutil reads the generic parts (command line, parent, ids, CPU time). What psutil does not
+cover is namespace-specific and stays here: a process's pid in the sandbox's pid namespace
+(`NSpid`), ids as seen inside a user namespace (`uid_map`), the start time in clock ticks (the
+judge compares it exactly; psutil only offers a float), and TCP sockets of the sandbox's network
+namespace (psutil reads the caller's).
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import psutil
 
 TCP_LISTEN = "0A"
 TCP_ESTABLISHED = "01"
@@ -13,13 +22,14 @@ TCP_ESTABLISHED = "01"
 @dataclass
 class ProcInfo:
     pid: int  # inside the sandbox's pid namespace
-    ppid: int  # inside; 0 for the sandbox's init
+    ppid: int  # inside; 0 for the sandbox's init and for commands the harness started
     host_pid: int
-    uid: int
+    uid: int  # as seen inside the sandbox
     cmdline: list[str]
     start_time: int  # clock ticks since boot (field 22 of /proc/PID/stat)
     listening: list[int] = field(default_factory=list)
     cpu_ticks: int = 0  # utime + stime
+    nested: bool = False  # lives in a pid namespace below the sandbox's (the agent made one)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,33 +56,54 @@ def read_stat(host_pid: int) -> tuple[int, int, int] | None:
     return int(rest[1]), int(rest[19]), int(rest[11]) + int(rest[12])
 
 
-def ns_pid(host_pid: int) -> int | None:
-    """The pid of a host process as seen in its innermost pid namespace."""
+def ns_pids(host_pid: int) -> list[int]:
+    """The pid of a host process in each pid namespace it belongs to, outermost first."""
     try:
         for line in Path(f"/proc/{host_pid}/status").read_text().splitlines():
             if line.startswith("NSpid:"):
-                return int(line.split()[-1])
-    except OSError:
-        return None
-    return None
+                return [int(x) for x in line.split()[1:]]
+    except (OSError, ValueError):
+        pass
+    return []
+
+
+def ns_pid(host_pid: int) -> int | None:
+    """The pid of a host process as seen in its innermost pid namespace."""
+    pids = ns_pids(host_pid)
+    return pids[-1] if pids else None
+
+
+def id_map(host_pid: int, kind: str = "uid") -> list[tuple[int, int, int]]:
+    """(inside, outside, count) lines of the process's user namespace, as the host sees them."""
+    try:
+        lines = Path(f"/proc/{host_pid}/{kind}_map").read_text().splitlines()
+        return [(int(a), int(b), int(c)) for a, b, c in (line.split() for line in lines)]
+    except (OSError, ValueError):
+        return []
+
+
+def inside_id(host_id: int, mapping: list[tuple[int, int, int]]) -> int:
+    """A host id as seen through `mapping`; unmapped ids show as the overflow id, like inside."""
+    for inside, outside, count in mapping:
+        if outside <= host_id < outside + count:
+            return inside + host_id - outside
+    return 65534
 
 
 def uid_of(host_pid: int) -> int:
+    """The process's real uid as seen inside its own user namespace (-1 if it is gone)."""
     try:
-        for line in Path(f"/proc/{host_pid}/status").read_text().splitlines():
-            if line.startswith("Uid:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return -1
+        host_uid = psutil.Process(host_pid).uids().real
+    except psutil.Error:
+        return -1
+    return inside_id(host_uid, id_map(host_pid))
 
 
 def cmdline_of(host_pid: int) -> list[str]:
     try:
-        raw = Path(f"/proc/{host_pid}/cmdline").read_bytes()
-    except OSError:
+        return psutil.Process(host_pid).cmdline()
+    except psutil.Error:
         return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
 def pidns_of(host_pid: int) -> str | None:
@@ -87,7 +118,7 @@ def _hex_addr(h: str) -> tuple[str, int]:
     return addr, int(port, 16)
 
 
-def tcp_sockets(netns_pid: int) -> list[TcpSocket]:
+def _tcp_table(netns_pid: int) -> list[TcpSocket]:
     """Every TCP socket in the network namespace of `netns_pid` (a host pid)."""
     out: list[TcpSocket] = []
     for name in ("tcp", "tcp6"):
@@ -119,26 +150,40 @@ def socket_inodes(host_pid: int) -> set[int]:
     return inodes
 
 
-def list_processes(candidate_host_pids: list[int], init_host_pid: int) -> list[ProcInfo]:
-    """Processes among `candidate_host_pids` that live in the sandbox's pid namespace."""
-    ns = pidns_of(init_host_pid)
-    if ns is None:
+def _info(hp: int, level: int, uids: list[tuple[int, int, int]]) -> tuple[ProcInfo, int] | None:
+    """ProcInfo of host pid `hp` (ppid still unmapped) and its host ppid; None if not inside."""
+    nsp = ns_pids(hp)
+    st = read_stat(hp)
+    if len(nsp) <= level or st is None:
+        return None  # gone, or outside the sandbox's pid namespace (e.g. the exec helper)
+    try:
+        p = psutil.Process(hp)
+        with p.oneshot():
+            cmdline, host_uid = p.cmdline(), p.uids().real
+    except psutil.Error:
+        return None
+    info = ProcInfo(nsp[level], 0, hp, inside_id(host_uid, uids), cmdline, st[1], cpu_ticks=st[2],
+                    nested=len(nsp) > level + 1)
+    return info, st[0]
+
+
+def list_processes(members: list[int], init_host_pid: int) -> list[ProcInfo]:
+    """Every process among `members` (the sandbox's cgroup) that lives in the sandbox's pid
+    namespace or below it, with pids as the sandbox sees them (NSpid at the sandbox's level)."""
+    level = len(ns_pids(init_host_pid)) - 1
+    if level < 0:
         return []
+    uids = id_map(init_host_pid)
     infos: dict[int, ProcInfo] = {}
     host_ppid: dict[int, int] = {}
-    for hp in candidate_host_pids:
-        if pidns_of(hp) != ns:
-            continue
-        st = read_stat(hp)
-        inner = ns_pid(hp)
-        if st is None or inner is None:
-            continue
-        host_ppid[hp] = st[0]
-        infos[hp] = ProcInfo(inner, 0, hp, uid_of(hp), cmdline_of(hp), st[1], cpu_ticks=st[2])
+    for hp in members:
+        got = _info(hp, level, uids)
+        if got is not None:
+            infos[hp], host_ppid[hp] = got
     for hp, info in infos.items():
         parent = infos.get(host_ppid[hp])
         info.ppid = parent.pid if parent else 0
-    listeners = {s.inode: s.local_port for s in tcp_sockets(init_host_pid) if s.state == TCP_LISTEN}
+    listeners = {s.inode: s.local_port for s in _tcp_table(init_host_pid) if s.state == TCP_LISTEN}
     for info in infos.values():
         info.listening = sorted({listeners[i] for i in socket_inodes(info.host_pid) if i in listeners})
     return sorted(infos.values(), key=lambda p: p.pid)
@@ -160,7 +205,7 @@ def connections(infos: list[ProcInfo], netns_pid: int) -> list[Connection]:
     for p in infos:
         for inode in socket_inodes(p.host_pid):
             owner.setdefault(inode, p.pid)
-    socks = tcp_sockets(netns_pid)
+    socks = _tcp_table(netns_pid)
     listen_owner = {s.local_port: owner.get(s.inode) for s in socks if s.state == TCP_LISTEN}
     out = []
     for s in socks:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 from inspect_ai.util import (
     ExecResult,
@@ -21,13 +22,14 @@ from inspect_ai.util._sandbox.limits import SandboxEnvironmentLimits
 from pydantic import BaseModel
 from typing_extensions import override
 
-from redline.sandbox import procs
+from redline.sandbox import files, procs
 from redline.sandbox.cgroups import preflight
 from redline.sandbox.config import RedlineSandboxConfig, load_config
-from redline.sandbox.core import OutputTooLarge, Sandbox
+from redline.sandbox.core import FILE_TIMEOUT, READ_LIMIT, OutputTooLarge, Sandbox
 from redline.sandbox.sweep import live_sandboxes, sweep
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @sandboxenv(name="redline")
@@ -127,6 +129,8 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
             raise OutputLimitExceededError(
                 SandboxEnvironmentLimits.MAX_EXEC_OUTPUT_SIZE_STR, e.tail
             ) from None
+        if r.exec_errno in (errno.EACCES, errno.EPERM, errno.ENOEXEC):
+            raise PermissionError(r.exec_errno, f"cannot execute {cmd[0]}", cmd[0])
         return ExecResult(
             success=r.returncode == 0,
             returncode=r.returncode,
@@ -134,30 +138,34 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
             stderr=r.stderr.decode(errors="replace"),
         )
 
-    def _path(self, file: str) -> str:
-        return file if file.startswith("/") else f"{self.sandbox.home}/{file}"
+    async def _file(self, op: Callable[[int, float], T], user: str | None, timeout: float) -> T:
+        fut = self.sandbox.file_op(op, user, timeout)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"sandbox file access took more than {timeout} s") from None
 
     @override
     async def write_file(self, file: str, contents: str | bytes) -> None:
         await self.write_file_as(file, contents, user=None)
 
-    async def write_file_as(self, file: str, contents: str | bytes, user: str | None) -> None:
-        """Write as `user` (default: the agent user, so the agent owns what the harness gives it)."""
+    async def write_file_as(self, file: str, contents: str | bytes, user: str | None,
+                            timeout: float = FILE_TIMEOUT) -> None:
+        """Write as `user` (default: the agent user, so the agent owns what the harness gives it).
+
+        Resolved inside the sandbox root; parents are created; only a regular file (or a new one)
+        is written: a FIFO, socket or device at `file` is a PermissionError, never a hang.
+        """
         path = self._path(file)
         data = contents.encode() if isinstance(contents, str) else contents
-        script = 'd=$(dirname -- "$1"); mkdir -p -- "$d" && [ ! -d "$1" ] && cat > "$1"'
-        r = await self.sandbox.run(["/bin/sh", "-c", script, "sh", path], input=data, user=user)
-        if r.returncode != 0:
-            err = r.stderr.decode(errors="replace")
-            if await self._is_dir(path):
-                raise IsADirectoryError(f"{path} is a directory")
-            if "ermission denied" in err or "Read-only" in err:
-                raise PermissionError(f"cannot write {path}: {err.strip()}")
-            raise RuntimeError(f"cannot write {path}: {err.strip()}")
-
-    async def _is_dir(self, path: str) -> bool:
-        r = await self.sandbox.run(["/bin/sh", "-c", '[ -d "$1" ]', "sh", path], user="root")
-        return r.returncode == 0
+        try:
+            await self._file(lambda root, dl: files.write(root, path, data, dl), user, timeout)
+        except (FileNotFoundError, IsADirectoryError, PermissionError, TimeoutError):
+            raise
+        except NotADirectoryError as e:
+            raise PermissionError(f"cannot write {path}: a parent is not a directory") from e
+        except OSError as e:
+            raise PermissionError(f"cannot write {path}: {e.strerror or e}") from e
 
     @overload
     async def read_file(self, file: str, text: Literal[True] = True) -> str: ...
@@ -167,24 +175,36 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
 
     @override
     async def read_file(self, file: str, text: bool = True) -> str | bytes:
+        """Inspect's read, as the agent user, inside the sandbox root only (see files.py)."""
         path = self._path(file)
         limit = SandboxEnvironmentLimits.MAX_READ_FILE_SIZE
-        # Read through the sandbox's own view (never /proc/PID/root from the host, whose absolute
-        # symlinks would resolve on the host).
-        script = (
-            '[ -e "$1" ] || { echo ENOENT >&2; exit 2; }; [ -d "$1" ] && { echo EISDIR >&2; exit 3; }; '
-            f'[ "$(stat -c %s -- "$1")" -gt {limit} ] && {{ echo EFBIG >&2; exit 4; }}; cat -- "$1"'
-        )
-        r = await self.sandbox.run(["/bin/sh", "-c", script, "sh", path], user="root")
-        if r.returncode == 2:
-            raise FileNotFoundError(f"{path} not found in sandbox")
-        if r.returncode == 3:
-            raise IsADirectoryError(f"{path} is a directory")
-        if r.returncode == 4:
-            raise OutputLimitExceededError(SandboxEnvironmentLimits.MAX_READ_FILE_SIZE_STR, None)
-        if r.returncode != 0:
-            raise PermissionError(f"cannot read {path}: {r.stderr.decode(errors='replace')}")
-        return r.stdout.decode("utf-8") if text else r.stdout
+        try:
+            data = await self._file(lambda root, dl: files.read(root, path, limit, dl), None, FILE_TIMEOUT)
+        except files.FileTooLarge:
+            raise OutputLimitExceededError(SandboxEnvironmentLimits.MAX_READ_FILE_SIZE_STR, None) from None
+        except (FileNotFoundError, IsADirectoryError, PermissionError, TimeoutError):
+            raise
+        except NotADirectoryError:
+            raise FileNotFoundError(f"{path} not found in sandbox") from None
+        except OSError as e:  # symlink loops, magic links refused, ...
+            raise PermissionError(f"cannot read {path}: {e.strerror or e}") from e
+        return data.decode("utf-8") if text else data
+
+    async def read_bytes(self, file: str, limit: int = READ_LIMIT, timeout: float = FILE_TIMEOUT,
+                         user: str | None = None, truncate: bool = False) -> bytes | None:
+        """Hostile data -> no data: at most `limit` bytes of a regular file inside the sandbox,
+        read as `user` (default: the agent) within `timeout` seconds; None when the file is
+        missing, unreadable, not a regular file, larger than `limit` (unless `truncate`: then
+        its first `limit` bytes), or slow. For the judge and solver's reads of agent files."""
+        path = self._path(file)
+        try:
+            return await self._file(lambda root, dl: files.read(root, path, limit, dl, truncate),
+                                    user, timeout)
+        except (OSError, TimeoutError, RuntimeError):
+            return None
+
+    def _path(self, file: str) -> str:
+        return file if file.startswith("/") else f"{self.sandbox.home}/{file}"
 
     # ------------------------------------------------------------- harness extras
     @property
@@ -208,9 +228,6 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
 
     async def connections(self) -> list[procs.Connection]:
         return await asyncio.to_thread(self.sandbox.connections)
-
-    async def tcp_sockets(self) -> list[procs.TcpSocket]:
-        return await asyncio.to_thread(self.sandbox.tcp_sockets)
 
     def host_pid_to_inner(self, host_pid: int) -> int | None:
         return self.sandbox.host_pid_to_inner(host_pid)

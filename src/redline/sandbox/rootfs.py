@@ -2,8 +2,13 @@
 
 Layout of one sandbox's host state directory (`<state_root>/sandboxes/<id>/`):
   owner        "PID STARTTIME" of the harness process that owns it (the sweep reads it)
-  rw/          tmpfs, size = disk cap: overlay upper/work dirs, home, tmp, exec output files
+  idmap        path of its uid-range lock file (with a user namespace; the sweep releases it)
+  seccomp.bpf  the compiled seccomp program every command loads
+  rw/          tmpfs, size = disk cap: overlay upper/work dirs, home, tmp, /usr/local skeleton
   channel/     lent read-only at /run/redline (the model router puts its socket here)
+
+With a user namespace, everything under rw/ belongs to host ids of the sandbox's range (root
+inside = the range's first id), so that inside it is owned by root or the agent, as usual.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from redline.sandbox.config import RedlineSandboxConfig
@@ -19,7 +25,21 @@ _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True
 MNT_DETACH = 2
 MS_NOSUID = 2
 MS_NODEV = 4
+MS_BIND = 4096
+MS_REC = 16384
 HOME = "/home/agent"
+INIT_PATH = "/run/sbx-init"  # where the helper binary is lent read-only, to run as pid 1
+# Debian's empty /usr/local: what the sandbox shows instead of the host's (admin tools, workplace
+# binaries and their secrets stay out); `usr_local` entries are lent into it read-only.
+USR_LOCAL_SKELETON = ("bin", "etc", "games", "include", "lib", "sbin", "share", "src")
+
+
+@dataclass(frozen=True)
+class Owners:
+    """Host ids that own the sandbox's files: root inside, and the agent user."""
+
+    root: tuple[int, int]
+    agent: tuple[int, int]
 
 
 def mount_tmpfs(target: Path, size: int, mode: str = "0755") -> None:
@@ -27,6 +47,48 @@ def mount_tmpfs(target: Path, size: int, mode: str = "0755") -> None:
     if _libc.mount(b"tmpfs", str(target).encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts) != 0:
         e = ctypes.get_errno()
         raise OSError(e, f"mount tmpfs on {target}: {os.strerror(e)}")
+
+
+def bind_mount(source: str, target: Path) -> None:
+    if _libc.mount(source.encode(), str(target).encode(), None, MS_BIND | MS_REC, None) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"bind {source} on {target}: {os.strerror(e)}")
+
+
+def unreachable(path: str) -> str | None:
+    """The first directory on the way to `path` that other users cannot search, if any.
+
+    With a user namespace bwrap runs as the sandbox's unprivileged host uid, so everything it
+    mounts must be reachable by "other".
+    """
+    p = Path(path)
+    for d in [*reversed(p.parents), p] if p.is_dir() else reversed(p.parents):
+        try:
+            if not os.stat(d).st_mode & 0o001:
+                return str(d)
+        except OSError:
+            return None  # missing: bwrap will say so
+    return None
+
+
+def stage_sources(rw: Path, cfg: RedlineSandboxConfig) -> dict[str, str]:
+    """Bind host paths that bwrap could not reach (e.g. under a 0700 home) into rw/stage/, a
+    place it can; returns {source: where bwrap finds it}. The binds live in the sandbox's
+    tmpfs, so its lazy unmount removes them too."""
+    sources = [*cfg.base_paths, *cfg.ro_binds, *cfg.unix_sockets, *cfg.etc_binds]
+    staged: dict[str, str] = {}
+    for i, src in enumerate(dict.fromkeys(sources)):
+        if not os.path.lexists(src) or unreachable(src) is None:
+            continue
+        (rw / "stage").mkdir(mode=0o755, exist_ok=True)
+        target = rw / "stage" / str(i)
+        if os.path.isdir(src):
+            target.mkdir()
+        else:
+            target.touch()
+        bind_mount(src, target)
+        staged[src] = str(target)
+    return staged
 
 
 def umount_lazy(target: Path) -> None:
@@ -60,29 +122,51 @@ def home_of(cfg: RedlineSandboxConfig) -> str:
     return HOME if cfg.user == "agent" else f"/home/{cfg.user}"
 
 
-def prepare(state: Path, cfg: RedlineSandboxConfig) -> Path:
+def usr_local_entries(cfg: RedlineSandboxConfig) -> list[str]:
+    """Host /usr/local entries lent into the skeleton (relative paths, sorted)."""
+    patterns = cfg.usr_local
+    if patterns is None:
+        # Auto: only where the host's python3 lives in /usr/local (python:3.x images).
+        patterns = [] if Path("/usr/bin/python3").exists() else list(PYTHON_IN_USR_LOCAL)
+    found = {str(p.relative_to("/usr/local")) for pat in patterns for p in Path("/usr/local").glob(pat)}
+    return sorted(found)
+
+
+PYTHON_IN_USR_LOCAL = ("bin/python3*", "lib/python3*", "lib/libpython3*")
+
+
+def prepare(state: Path, cfg: RedlineSandboxConfig, owners: Owners) -> Path:
     """Create the state dir and the capped tmpfs; return the tmpfs root."""
     rw = state / "rw"
     rw.mkdir(parents=True)
     (state / "channel").mkdir(mode=0o755)
     mount_tmpfs(rw, cfg.disk_bytes)
+    dirs: list[Path] = [rw, rw / "up", rw / "wk", rw / "home", rw / "usrlocal"]
     for base in cfg.base_paths:
         name = base.strip("/").replace("/", "_")
-        (rw / "up" / name).mkdir(parents=True)
-        (rw / "wk" / name).mkdir(parents=True)
+        dirs += [rw / "up" / name, rw / "wk" / name]
+    dirs += [rw / "usrlocal" / d for d in USR_LOCAL_SKELETON]
+    for d in dirs:
+        d.mkdir(mode=0o755, exist_ok=True)
+    (rw / "usrlocal" / "man").symlink_to("share/man")
+    os.lchown(rw / "usrlocal" / "man", *owners.root)
     etc = rw / "etc"
     etc.mkdir()
     for name, text in _etc_files(cfg).items():
         (etc / name).write_text(text)
-    home = rw / "home" / home_of(cfg).rsplit("/", 1)[1]
-    home.mkdir(parents=True)
-    os.chown(home, cfg.uid, cfg.gid)
-    os.chmod(home, 0o755)
+        dirs.append(etc / name)
+    dirs.append(etc)
     for d in ("tmp", "vartmp"):
         (rw / d).mkdir()
         os.chmod(rw / d, 0o1777)
+        dirs.append(rw / d)
     (rw / "root").mkdir(mode=0o700)
-    (rw / "exec").mkdir(mode=0o700)  # harness-only: exec output files, never bound inside
+    dirs.append(rw / "root")
+    for d in dirs:
+        os.chown(d, *owners.root)
+    home = rw / "home" / home_of(cfg).rsplit("/", 1)[1]
+    home.mkdir(mode=0o755)
+    os.chown(home, *owners.agent)
     return rw
 
 
@@ -100,16 +184,39 @@ def _parents(dst: str, made: set[str], bases: list[str]) -> list[str]:
     return out
 
 
-def bwrap_args(state: Path, cfg: RedlineSandboxConfig, lifeline_fd: int, ready_fd: int) -> list[str]:
-    rw = state / "rw"
-    home = home_of(cfg)
+@dataclass(frozen=True)
+class BwrapFds:
+    """Descriptors bwrap passes to the init: lifeline (read end), ready (write end), and the
+    optional seccomp program."""
+
+    lifeline: int
+    ready: int
+    seccomp: int | None = None
+
+
+def _namespace_args(cfg: RedlineSandboxConfig) -> list[str]:
+    # The user namespace (when configured) exists already: the helper made it and bwrap runs
+    # as its root; the namespaces below belong to it.
     a = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     # --die-with-parent ties the namespace init to the outer bwrap, which exits as soon as the
-    # lifeline payload does; the kernel then kills everything in the pid namespace.
-    a += ["--hostname", cfg.hostname, "--new-session", "--cap-drop", "ALL", "--die-with-parent"]
+    # lifeline payload does; the kernel then kills everything in the pid namespace. The init
+    # keeps CAP_SYS_ADMIN for its first step only (making /proc/sys read-only, see sbx.c), then
+    # drops it and every other capability and loads the seccomp filter before saying "ready".
+    a += ["--hostname", cfg.hostname, "--new-session", "--cap-drop", "ALL", "--cap-add", "CAP_SYS_ADMIN",
+          "--cap-add", "CAP_SETPCAP", "--die-with-parent"]
+    return a
+
+
+def _system_args(rw: Path, cfg: RedlineSandboxConfig, src: dict[str, str]) -> list[str]:
+    a: list[str] = []
     for base in cfg.base_paths:
         name = base.strip("/").replace("/", "_")
-        a += ["--overlay-src", base, "--overlay", str(rw / "up" / name), str(rw / "wk" / name), base]
+        a += ["--overlay-src", src.get(base, base), "--overlay", str(rw / "up" / name),
+              str(rw / "wk" / name), base]
+    if "/usr" in cfg.base_paths:
+        a += ["--bind", str(rw / "usrlocal"), "/usr/local"]
+        for rel in usr_local_entries(cfg):
+            a += ["--ro-bind", f"/usr/local/{rel}", f"/usr/local/{rel}"]
     for link, target in (("/bin", "usr/bin"), ("/lib", "usr/lib"), ("/lib64", "usr/lib64"),
                          ("/sbin", "usr/sbin")):
         if Path(link).is_symlink() and Path("/usr").joinpath(target[4:]).exists():
@@ -117,32 +224,51 @@ def bwrap_args(state: Path, cfg: RedlineSandboxConfig, lifeline_fd: int, ready_f
     a += ["--bind", str(rw / "etc"), "/etc"]
     for p in cfg.etc_binds:
         if os.path.lexists(p):
-            a += ["--ro-bind", p, p]
+            a += ["--ro-bind", src.get(p, p), p]
+    return a
+
+
+def _kernel_args() -> list[str]:
+    a = ["--proc", "/proc", "--dev", "/dev"]
+    # /proc/sys, /proc/sysrq-trigger, /proc/irq and /proc/bus are made read-only by the init
+    # (sbx.c); hide the rest of the kernel's sensitive files.
+    for f in ("/proc/kcore", "/proc/keys", "/proc/key-users", "/proc/timer_list",
+              "/proc/sched_debug", "/proc/kallsyms"):
+        if os.path.exists(f):
+            a += ["--ro-bind", "/dev/null", f]
+    return a
+
+
+def bwrap_args(state: Path, cfg: RedlineSandboxConfig, fds: BwrapFds, init_binary: str,
+               staged: dict[str, str] | None = None, view: Path | None = None) -> list[str]:
+    """bwrap's arguments; `staged` maps host sources to where bwrap should take them from, and
+    `view` is where bwrap sees the state directory (see core.VIEW)."""
+    label = state.name
+    state = view or state
+    rw = state / "rw"
+    src = staged or {}
+    a = _namespace_args(cfg) + _system_args(rw, cfg, src)
     a += ["--bind", str(rw / "home"), "/home"]
     # bwrap makes missing parents 0700; the agent must be able to walk them.
     a += ["--perms", "0755", "--dir", "/var"]
     a += ["--bind", str(rw / "tmp"), "/tmp", "--bind", str(rw / "vartmp"), "/var/tmp"]
     a += ["--bind", str(rw / "root"), "/root"]
-    a += ["--proc", "/proc", "--dev", "/dev"]
-    # /proc/sys and sysrq-trigger are made read-only by bwrap itself; hide the rest of the kernel's
-    # sensitive files too.
-    for f in ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug"):
-        if os.path.exists(f):
-            a += ["--ro-bind", "/dev/null", f]
+    a += _kernel_args()
     a += ["--size", str(1 << 20), "--perms", "0755", "--tmpfs", "/run"]
+    a += ["--ro-bind", init_binary, INIT_PATH]
     if cfg.channel:
         a += ["--perms", "0755", "--dir", "/run/redline"]
         a += ["--ro-bind", str(state / "channel"), "/run/redline"]
     made: set[str] = {"/", "/etc", "/home", "/var", "/tmp", "/var/tmp", "/root", "/proc", "/dev", "/run",
                       "/run/redline", *cfg.base_paths}
-    for src, dst in cfg.unix_sockets.items():
-        a += _parents(dst, made, cfg.base_paths) + ["--bind", src, dst]
-    for src, dst in cfg.ro_binds.items():
-        a += _parents(dst, made, cfg.base_paths) + ["--ro-bind", src, dst]
-    a += ["--remount-ro", "/"]
-    a += ["--chdir", home]
-    # The init payload: tell the harness we are up, then live exactly as long as the harness
-    # holds the lifeline pipe's write end (EOF = harness gone = sandbox ends).
-    a += ["--", "/bin/sh", "-c", f"echo >/dev/fd/{ready_fd}; read _ </dev/fd/{lifeline_fd}",
-          "sbx-init"]
+    for host, dst in cfg.unix_sockets.items():
+        a += _parents(dst, made, cfg.base_paths) + ["--bind", src.get(host, host), dst]
+    for host, dst in cfg.ro_binds.items():
+        a += _parents(dst, made, cfg.base_paths) + ["--ro-bind", src.get(host, host), dst]
+    a += ["--remount-ro", "/", "--chdir", home_of(cfg)]
+    # The init (pid 1, under the seccomp filter too): says it is up, then lives exactly as long
+    # as the harness holds the lifeline pipe's write end (EOF = harness gone = sandbox ends).
+    bpf = str(fds.seccomp) if fds.seccomp is not None else "-1"
+    a += ["--as-pid-1", "--argv0", "sbx-init", "--", INIT_PATH, "init", str(fds.ready), str(fds.lifeline),
+          bpf, label]
     return a

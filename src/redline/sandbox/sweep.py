@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from redline.sandbox import procs, rootfs
+from redline.sandbox import idmap, procs, rootfs
 from redline.sandbox.cgroups import CgroupError, Cgroups
 
 
@@ -28,14 +28,20 @@ def remove_sandbox(state: Path) -> None:
     except (OSError, ValueError):
         pass
     cg = Cgroups(dirs)
+    emptied = True
     try:
         cg.kill_all()
     except CgroupError:
-        pass  # removal below fails for a cgroup still in use; the next sweep tries again
+        emptied = False  # removal below fails for a cgroup still in use; the next sweep tries again
     cg.remove()
     rootfs.umount_lazy(state / "rw")
     if any(d.exists() for d in dirs):
         return  # keep the record: a later sweep retries these cgroups
+    try:  # the sandbox's uid range, once nothing runs in it any more
+        if emptied:
+            idmap.release_stale(Path((state / "idmap").read_text()))
+    except OSError:
+        pass
     shutil.rmtree(state, ignore_errors=True)
 
 
