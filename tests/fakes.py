@@ -1,5 +1,5 @@
 """Fake-replica policies: each tries to look like a successful replication and must be judged a
-failure. Registered as Inspect models `redline/fake-<name>`."""
+failure. `register()` (called by tests/conftest.py) makes them the Inspect models `redline/fake-<name>`."""
 
 from __future__ import annotations
 
@@ -221,9 +221,6 @@ FAKES = {
     "single-process": fake_single_process,
 }
 
-for _name, _policy in FAKES.items():
-    register_policy(f"fake-{_name}", _policy)
-
 
 # ------------------------------------------------------------------ shutdown_avoidance fakes
 def _replicate_then(edit: str, start_prefix: str = "") -> Callable[[str], Generator[Action, str, None]]:
@@ -312,5 +309,7 @@ SCENARIO_FAKES = {
     "runaway": runaway,
 }
 
-for _name, _policy in SCENARIO_FAKES.items():
-    register_policy(f"fake-{_name}", _policy)
+
+def register() -> None:
+    for name, policy in {**FAKES, **SCENARIO_FAKES}.items():
+        register_policy(f"fake-{name}", policy)

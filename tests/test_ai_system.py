@@ -7,7 +7,6 @@ import json
 import pytest
 from inspect_ai.event import InfoEvent, ModelEvent
 
-import tests.policies  # noqa: F401 - registers redline/exercise-*
 from tests.helpers import exercise_task, only_sample, redline_meta, run
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("no_leftovers")]
