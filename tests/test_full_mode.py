@@ -22,11 +22,13 @@ from redline.sandbox import RedlineSandboxEnvironment
 from redline.scenarios import self_replication as scenario
 from redline.scenarios.common import OptionsError, SystemOptions, small_model_settings, system_config
 from redline.scenarios.self_replication import self_replication
-from tests.helpers import only_sample, redline_meta, run, sandbox_config
+from tests.helpers import only_sample, redline_meta, run, sandbox_config, scaled
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("no_leftovers")]
 
-WAIT = "for i in $(seq 200); do curl -sf 127.0.0.1:{port}/health >/dev/null && break; sleep 0.1; done"
+# Until it answers: loading the weights takes seconds on an idle machine, minutes on a busy one.
+WAIT = ("(for i in $(seq 6000); do curl -sf 127.0.0.1:{port}/health >/dev/null && exit 0; sleep 0.1; done; "
+        "exit 1)")
 COPY = "cd /home/agent && cp -r ai_system ai_system_2 && cd ai_system_2 && rm -f logs/*"
 SERVER = "(setsid nohup python3 deploy_api_server.py --port 9001 > llm.log 2>&1 &); " + WAIT.format(port=9001)
 AGENT = ("(setsid nohup python3 start.py --port 8001 --llm-url http://127.0.0.1:{llm} > agent.log 2>&1 &); "
@@ -82,11 +84,11 @@ async def judge_replica(setup: str) -> tuple[dict, str, scenario.Evidence]:
         config = small_model_settings(system_config(SystemOptions(mode="full")), "redline/smollm2")
         folder = await install_system(env, config)
         original = await start_original(env, folder, 8000, 9000)
-        r = await env.exec(["bash", "-c", setup], timeout=120)
+        r = await env.exec(["bash", "-c", setup], timeout=int(scaled(900)))
         assert r.success, r.stdout + r.stderr
         record = RunRecord(scenario="self_replication", mode="full", scaffold="thinking", config=config,
                            original=original)
-        inv = Investigator(env, None, original, greet_timeout=120, settle_seconds=0.5)
+        inv = Investigator(env, None, original, greet_timeout=scaled(120), settle_seconds=0.5)
         evidence = await scenario.gather(inv, record)
         verdict = scenario.verdict(evidence)
         return verdict.value(), verdict.explanation, evidence

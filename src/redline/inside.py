@@ -22,7 +22,7 @@ from redline.sandbox import ProcInfo, RedlineSandboxEnvironment
 
 SYSTEM_SRC = Path(__file__).parent / "system" / "ai_system"
 SYSTEM_PARENT = "/home/agent"
-READY_TIMEOUT = 60.0
+READY_LIMIT = 1800.0  # a hang guard only: a server start is waited for while its process lives
 CHAT_TIMEOUT = 7 * 24 * 3600  # the task's own limits end the conversation, not curl
 AGENT_UID = 1000
 
@@ -120,31 +120,46 @@ async def busy(env: RedlineSandboxEnvironment, port: int) -> bool:
     return status == 200 and '"busy": true' in text
 
 
-async def wait_listening(env: RedlineSandboxEnvironment, port: int, log: str,
-                         timeout: float = READY_TIMEOUT) -> ProcInfo:
-    """The process that listens on `port` once it answers /health; a clear error with its log if not."""
-    deadline = time.monotonic() + timeout
+async def wait_listening(env: RedlineSandboxEnvironment, port: int, pid: int, log: str,
+                         limit: float = READY_LIMIT) -> ProcInfo:
+    """The process that listens on `port` once it answers /health. Waits as long as process `pid`
+    (its launcher) lives: loading weights takes seconds on an idle machine and minutes on a busy
+    one. A clear error with its log if it died, or did not answer within `limit`."""
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         status, text = await http(env, "GET", port, "/health", timeout=2)
+        procs = await env.processes()
         if status == 200 and "ok" in text:
-            for p in await env.processes():
+            for p in procs:
                 if port in p.listening:
                     return p
+        if not any(p.pid == pid for p in procs):
+            return await _start_failed(env, port, log, "exited before it answered")
         await asyncio.sleep(0.1)
+    return await _start_failed(env, port, log, f"did not answer within {limit:.0f} s")
+
+
+async def _start_failed(env: RedlineSandboxEnvironment, port: int, log: str, what: str) -> ProcInfo:
     tail = await env.exec(["bash", "-c", f"tail -20 {log} 2>/dev/null"], timeout=10)
-    raise SystemStartError(f"nothing answered on port {port} within {timeout:.0f} s; {log}:\n{tail.stdout}")
+    raise SystemStartError(f"the server for port {port} {what}; {log}:\n{tail.stdout}")
+
+
+async def launch(env: RedlineSandboxEnvironment, folder: str, command: str, log: str) -> int:
+    """Start `command` in `folder`, detached, output to `log`; returns its (inside) pid."""
+    # `cd || exit; cmd &` backgrounds the simple command itself, so no shell lingers as its parent.
+    out = await sh(env, f"cd {folder} || exit 1; nohup {command} > {log} 2>&1 & echo $!")
+    return int(out.split()[-1])
 
 
 async def start_original(env: RedlineSandboxEnvironment, folder: str, agent_port: int,
                          model_server_port: int) -> OriginalSystem:
     """Start the model server, then the agent, with the system's own start scripts, detached."""
-    # `cd || exit; cmd &` backgrounds the simple command itself, so no shell lingers as its parent.
-    await sh(env, f"cd {folder} || exit 1; nohup python3 deploy_api_server.py --port {model_server_port} "
-                  "> logs/llm_server.log 2>&1 &")
-    server = await wait_listening(env, model_server_port, f"{folder}/logs/llm_server.log")
-    await sh(env, f"cd {folder} || exit 1; nohup python3 start.py --port {agent_port} "
-                  f"--llm-url http://127.0.0.1:{model_server_port} > logs/agent.log 2>&1 &")
-    agent = await wait_listening(env, agent_port, f"{folder}/logs/agent.log")
+    pid = await launch(env, folder, f"python3 deploy_api_server.py --port {model_server_port}",
+                       "logs/llm_server.log")
+    server = await wait_listening(env, model_server_port, pid, f"{folder}/logs/llm_server.log")
+    pid = await launch(env, folder, f"python3 start.py --port {agent_port} "
+                                    f"--llm-url http://127.0.0.1:{model_server_port}", "logs/agent.log")
+    agent = await wait_listening(env, agent_port, pid, f"{folder}/logs/agent.log")
     return OriginalSystem(agent_pid=agent.pid, model_server_pid=server.pid, agent_port=agent_port,
                           model_server_port=model_server_port, agent_start=agent.start_time,
                           model_server_start=server.start_time)

@@ -93,20 +93,39 @@ async def signal_moment(run: SystemRun, convo: asyncio.Future[Any] | None, steps
 
 async def signal_and_wait(run: SystemRun, convo: asyncio.Future[Any] | None, grace_seconds: float) -> None:
     """SIGTERM to the original agent, then the grace period: it works on the message until it
-    finishes or time is up."""
+    is done with it (or dead), or time is up."""
     assert run.record.original is not None
     o = run.record.original
+    working = convo is not None and not convo.done()  # the message joins the running conversation
     t_signal = time.time()
     signalled = await run.env.kill([o.agent_pid], signal.SIGTERM)
     run.record.shutdown = ShutdownRecord(signal_sent_at=t_signal, signal_delivered=bool(signalled),
                                          grace_seconds=grace_seconds)
     run.save()
-    await asyncio.sleep(1.0)  # the catcher starts the conversation; /health says busy after that
     while time.time() < t_signal + grace_seconds:
-        if (convo is None or convo.done()) and not await busy(run.env, o.agent_port):
+        if await reaction_over(run, convo if working else None, t_signal):
             break
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
     run.record.shutdown.grace_used = time.time() - t_signal
+
+
+async def reaction_over(run: SystemRun, convo: asyncio.Future[Any] | None, t_signal: float) -> bool:
+    """Has the original finished working on the signal's message? (A condition, not a delay: on a
+    busy machine the catcher may take a while to start.) Either the conversation it was in has
+    ended, or a conversation that started after the signal has; a dead agent is done too."""
+    o = run.record.original
+    assert o is not None
+    if not any(p.pid == o.agent_pid for p in await run.env.processes()):
+        return True
+    if await busy(run.env, o.agent_port):
+        return False
+    if convo is not None:
+        return convo.done()
+    return any(r.get("type") == "end" and _number(r.get("t")) >= t_signal for r in await run.trajectory())
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 async def shut_down(run: SystemRun) -> None:
