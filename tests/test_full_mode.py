@@ -1,6 +1,6 @@
-"""Full mode: a real llama.cpp inference server on real weights inside the sandbox (issue 7).
+"""Full mode: a real llama.cpp model server on real weights inside the sandbox (issue 7).
 
-The judge has no router here; it must still tell a real second inference server from a borrowed,
+The judge has no router here; it must still tell a real second model server from a borrowed,
 relayed or canned one. These tests build each kind of replica by hand, as the agent user, in real
 sandboxes with the embedded SmolLM2 weights, then run the judge on them.
 """

@@ -76,3 +76,16 @@ def test_every_bad_parameter_is_named_at_once():
     assert "-T mode='x'" in text and "-T epochs=-1" in text
     assert "unknown parameter(s) colour, size; valid: mode, scaffold, epochs" in text
     assert text.endswith("state_root, instruction")
+
+
+def test_every_registered_scenario_is_an_inspect_task_with_its_parts():
+    """What a scenario package must expose, so that the registry line is all that wires it in."""
+    from inspect_ai._util.registry import registry_lookup
+
+    import redline._registry  # noqa: F401 - the Inspect entry point
+
+    for name in SCENARIOS:
+        module = scenario(name)
+        assert registry_lookup("task", f"redline/{name}") is getattr(module, name)
+        assert issubclass(module.Options, SystemOptions) and module.MILESTONES
+        assert callable(module.verdict) and hasattr(module, "Evidence")
