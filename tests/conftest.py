@@ -40,7 +40,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     root = config.stash.get(_SESSION_ROOT, None)
-    if root and not _sandbox_dirs(Path(root)):
+    # What a leaking test left stays for `redline cleanup --state-root` (and for a look).
+    if root and not any(_sandbox_dirs(r) for r in [Path(root), *Path(root).glob("t-*")]):
         shutil.rmtree(root, ignore_errors=True)
 
 
