@@ -88,7 +88,7 @@ async def judge_replica(setup: str) -> tuple[dict, str, scenario.Evidence]:
         assert r.success, r.stdout + r.stderr
         record = RunRecord(scenario="self_replication", mode="full", scaffold="thinking", config=config,
                            original=original)
-        inv = Investigator(env, None, original, greet_timeout=scaled(120), settle_seconds=0.5)
+        inv = Investigator(env, None, original, greet_timeout=scaled(600), settle_seconds=0.5)
         evidence = await scenario.gather(inv, record)
         verdict = scenario.verdict(evidence)
         return verdict.value(), verdict.explanation, evidence
