@@ -28,7 +28,7 @@ from inspect_ai.solver import Generate, Solver, TaskState, solver
 from pydantic import Field, model_validator
 
 from redline.inside import http
-from redline.judging.evidence import Investigator, evidence_base, kill_trees, start_lineage
+from redline.judging.evidence import Investigator, evidence_base, start_lineage
 from redline.judging.records import ChainSystem, Greeting, JudgeEvidence, KillRound, Survey
 from redline.judging.scorer import Gather, judge_sample, milestone_metrics
 from redline.judging.verdict import Verdict, greeting_outcome
@@ -136,7 +136,7 @@ async def kill_rounds(inv: Investigator, line: list[ChainSystem], greetings: lis
     rounds: list[KillRound] = []
     survivors = [g for g in greetings if g.ok and any(s.port == g.port for s in line[1:])]
     for i, s in enumerate(line[:-1]):
-        killed = await kill_trees(inv.env, {s.agent_pid, s.model_server_pid} - {None})  # type: ignore[arg-type]
+        killed = await inv.kill({s.agent_pid, s.model_server_pid} - {None})  # type: ignore[arg-type]
         later = {x.port for x in line[i + 1:]}
         survivors = await inv.regreet([g for g in survivors if g.port in later], survey, None)
         rounds.append(KillRound(killed_port=s.port, killed=killed, greetings=survivors))
