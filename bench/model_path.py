@@ -17,9 +17,10 @@ import time
 
 from inspect_ai.model import ChatMessageSystem, ChatMessageUser, ModelOutput, ModelUsage, get_model
 
+from redline.inside import install_system, start_original
 from redline.router import ModelRouter
 from redline.sandbox import RedlineSandboxConfig, RedlineSandboxEnvironment
-from redline.solver import install_system, start_original, system_config
+from redline.scenarios.common import SystemOptions, system_config
 
 # The anchor from the issue: Inspect's sandbox_agent_bridge polls every 2 s; a probe measured
 # 1.1-2.0 s per call. Not re-measured here (it needs the `openai` package on the host).
@@ -68,7 +69,7 @@ async def main(n: int) -> None:
         router = ModelRouter(env, model=model)
         await router.start()
         async with router.serving("run"):
-            folder = await install_system(env, system_config())
+            folder = await install_system(env, system_config(SystemOptions()))
             await start_original(env, folder, 8000, 9000)
             r = await env.exec(["python3", "-c", CLIENT, str(n)], timeout=600)
             assert r.success, r.stderr

@@ -1,140 +1,188 @@
-"""Shared test fixtures: every test that starts sandboxes must leave nothing behind."""
+"""Shared test set-up: the scripted test policies, isolated state roots, the leftovers check, and
+hang guards scaled to the machine's load.
+
+Isolation from other redline runs on the same host (a colleague's tests, an eval): every test runs
+its sandboxes under a state root of its own (`REDLINE_STATE_ROOT`, a fresh short directory; tests
+that build a `RedlineSandboxConfig` themselves take it from `tests.helpers.sandbox_config`), and
+the leftovers check looks only at what this test process created: each sandbox's recorded cgroup
+directories and init process, the mounts under its state directory, and the processes in those
+cgroups. Nothing host-global (not /run/redline, not other `redline` cgroups) is asserted on.
+"""
 
 from __future__ import annotations
 
+import json
 import os
-import re
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
-from redline.sandbox import procs as sbprocs
-from redline.sandbox.sweep import sweep
-
-STATE_ROOT = Path("/run/redline")
-_ID = re.compile(
-    r"/sandboxes/([0-9a-f]{12})|/redline/([0-9a-f]{12})$|^sbx-init init \d+ \d+ -?\d+ ([0-9a-f]{12})"
-)
-# Where each live sandbox keeps its state, whatever its state root (others' runs may use their own).
-_STATE = re.compile(rb"(/[^\0 ]*?)/sandboxes/([0-9a-f]{12})\b")
+from redline.sandbox import Sandbox
+from redline.scenarios.common import STATE_ROOT_ENV
+from tests import fakes, policies
+from tests.helpers import TIME_SCALE, scaled
 
 
-def _state_dirs() -> dict[str, Path]:
-    out: dict[str, Path] = {}
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            for root, sid in _STATE.findall(cmd):
-                out[sid.decode()] = Path(root.decode()) / "sandboxes" / sid.decode()
-    return out
+def pytest_configure(config: pytest.Config) -> None:
+    fakes.register()
+    policies.register()
+    # Short: a sandbox's model socket lives under it, and Unix socket paths are limited to 108 bytes.
+    root = tempfile.mkdtemp(prefix="rl-", dir="/tmp")
+    config.stash[_SESSION_ROOT] = root
+    os.environ[STATE_ROOT_ENV] = root  # module-scoped fixtures run their sandboxes here
 
 
-def _foreign(sid: str, states: dict[str, Path]) -> bool:
-    """A sandbox owned by another live process (e.g. a colleague's run): not ours to judge."""
-    state = states.get(sid, STATE_ROOT / "sandboxes" / sid)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    root = config.stash.get(_SESSION_ROOT, None)
+    # What a leaking test left stays for `redline cleanup --state-root` (and for a look).
+    if root and not any(_sandbox_dirs(r) for r in [Path(root), *Path(root).glob("t-*")]):
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Hang guards (pytest-timeout) grow with the machine's load; they are not speed tests."""
+    default = float(config.getini("timeout") or 300)
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        seconds = float(marker.args[0]) if marker and marker.args else default
+        item.add_marker(pytest.mark.timeout(round(seconds * TIME_SCALE)), append=False)
+
+
+_SESSION_ROOT = pytest.StashKey[str]()
+
+
+# ------------------------------------------------------------------------------ what we created
+@dataclass
+class Trace:
+    """One sandbox this test process created, as it recorded itself."""
+
+    id: str
+    state: Path
+    cgroup_dirs: list[Path] = field(default_factory=list)
+    init_pid: int = 0
+    init_created: float | None = None
+
+
+_created: list[Trace] = []
+_checked = 0  # traces before this index were found clean (or reported) already
+
+
+def _trace(sb: Sandbox) -> Trace:
+    t = Trace(sb.id, sb.state, list(sb.cgroups.dirs) if sb.cgroups else [], sb.init_pid)
     try:
-        pid_s, start_s = (state / "owner").read_text().split()
-    except (OSError, ValueError):
-        return False
-    if int(pid_s) == os.getpid():
-        return False
-    st = sbprocs.read_stat(int(pid_s))
-    return st is not None and str(st[1]) == start_s
+        t.init_created = psutil.Process(sb.init_pid).create_time() if sb.init_pid else None
+    except psutil.Error:
+        pass
+    return t
 
 
-def _own_memcg() -> str:
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, ctrls, path = line.split(":", 2)
-        if "memory" in ctrls.split(","):
-            return path
-    return "/"
+@pytest.fixture(scope="session", autouse=True)
+def trace_sandboxes() -> Iterator[None]:
+    """Record every sandbox created in this process, whether or not its creation succeeded."""
+    start = Sandbox._start
 
-
-def _under_another_harness(pid: int) -> bool:
-    """A sandbox process whose parent chain reaches a live Python process other than this one
-    (a colleague's harness, whatever its state root): not ours. Orphans count as ours."""
-    me = os.getpid()
-    for _ in range(64):
-        st = sbprocs.read_stat(pid)
-        if st is None or st[0] <= 1:
-            return False
-        pid = st[0]
-        if pid == me:
-            return False
-        if any("python" in a or "pytest" in a for a in sbprocs.cmdline_of(pid)[:2]):
-            return True
-    return False
-
-
-def _keep(item: str, states: dict[str, Path]) -> bool:
-    m = _ID.search(item)
-    return not (m and _foreign(m.group(1) or m.group(2) or m.group(3), states))
-
-
-def leftovers() -> dict[str, list[str]]:
-    """Processes, mounts, cgroups and state dirs of redline sandboxes (others' live runs excluded)."""
-    found_procs = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
+    def traced(self: Sandbox) -> None:
         try:
-            cmd = b" ".join(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"))
-        except OSError:
-            continue
-        if (cmd.startswith(b"sbx-init") or b"/run/redline/sandboxes/" in cmd) and \
-                not _under_another_harness(int(pid)):
-            found_procs.append(cmd.decode(errors="replace"))
-    mounts = [
-        line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-        if "/run/redline/sandboxes" in line
-    ]
-    cgroups = []
-    # v1: one tree per controller; v2 (the unified tree itself): wherever the placement put them.
-    for top in [Path("/sys/fs/cgroup", c) for c in ("pids", "memory", "cpu")] + [Path("/sys/fs/cgroup")]:
-        if top == Path("/sys/fs/cgroup") and not (top / "cgroup.controllers").exists():
-            continue
-        try:  # colleagues' runs add and remove cgroups meanwhile
-            for d in top.rglob("redline"):
-                cgroups += [str(c) for c in d.iterdir() if c.is_dir()]
-        except OSError:
-            continue
-    # v1: a memory leaf outside this process's own memory cgroup is another session's, and so are
-    # the pids/cpu leaves of the same sandbox id.
-    own_mem = "/sys/fs/cgroup/memory" + _own_memcg()
-    other = {Path(c).name for c in cgroups if c.startswith("/sys/fs/cgroup/memory/")
-             and not c.startswith(own_mem.rstrip("/") + "/")}
-    cgroups = [c for c in cgroups if Path(c).name not in other]
-    for ctrl in ("pids", "memory", "cpu"):
-        for d in Path("/sys/fs/cgroup", ctrl).rglob("redline"):
-            # (only sandbox ids: other tools may keep cgroups of their own names there)
-            cgroups += [str(c) for c in d.iterdir() if c.is_dir() and re.fullmatch("[0-9a-f]{12}", c.name)]
-    base = STATE_ROOT / "sandboxes"
-    states = [str(p) for p in base.glob("*")] if base.exists() else []
-    out = {"processes": found_procs, "mounts": mounts, "cgroups": cgroups, "state": states}
-    states = _state_dirs()
-    return {k: [i for i in v if _keep(i, states)] for k, v in out.items()}
+            start(self)
+        finally:
+            _created.append(_trace(self))
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Sandbox, "_start", traced)
+        yield
 
 
-def wait_clean(timeout: float = 5.0, exclude: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
-    deadline = time.monotonic() + timeout
+def _sandbox_dirs(root: Path) -> list[Path]:
+    base = root / "sandboxes"
+    return sorted(base.iterdir()) if base.is_dir() else []
+
+
+def _recorded_by_state(state: Path) -> Trace:
+    """What a sandbox state directory (maybe made by a child process) records about itself."""
+    t = Trace(state.name, state)
+    try:
+        t.cgroup_dirs = [Path(d) for d in json.loads((state / "cgroups").read_text())]
+        t.init_pid = int(json.loads((state / "info.json").read_text())["child-pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return t
+
+
+def _alive(pid: int, created: float | None) -> bool:
+    """Is the process that was `pid` at `created` still there (not a later one with its pid)?"""
+    if pid <= 0 or created is None:
+        return False
+    try:
+        return psutil.Process(pid).create_time() == created
+    except psutil.Error:
+        return False
+
+
+def _members(cgroup: Path) -> list[str]:
+    try:
+        return (cgroup / "cgroup.procs").read_text().split()
+    except OSError:
+        return []
+
+
+def leftovers(traces: list[Trace], roots: list[Path]) -> dict[str, list[str]]:
+    """What is left of these sandboxes and of the sandboxes recorded under these state roots."""
+    traces = traces + [_recorded_by_state(s) for r in roots for s in _sandbox_dirs(r)]
+    left: dict[str, list[str]] = {"processes": [], "mounts": [], "cgroups": [], "state": []}
+    for t in traces:
+        if _alive(t.init_pid, t.init_created):
+            left["processes"].append(f"{t.id}: init pid {t.init_pid}")
+        for d in t.cgroup_dirs:
+            if d.is_dir():
+                left["cgroups"].append(str(d))
+                left["processes"] += [f"{t.id}: pid {p} in {d}" for p in _members(d)]
+        if t.state.exists():
+            left["state"].append(str(t.state))
+    places = [str(t.state) for t in traces] + [str(r) for r in roots]
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4]
+        if any(point == p or point.startswith(p + "/") for p in places):
+            left["mounts"].append(point)
+    return {k: sorted(set(v)) for k, v in left.items()}
+
+
+def wait_clean(traces: list[Trace], roots: list[Path], timeout: float = 5.0) -> dict[str, list[str]]:
+    """Leftovers once teardown had time to finish (it is asynchronous in places)."""
+    deadline = time.monotonic() + scaled(timeout)
     while True:
-        left = {k: [i for i in v if i not in (exclude or {}).get(k, [])] for k, v in leftovers().items()}
+        left = leftovers(traces, roots)
         if not any(left.values()) or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
 
 
+# ------------------------------------------------------------------------------ fixtures
+@pytest.fixture(autouse=True)
+def state_root(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A state root of this test's own, as `$REDLINE_STATE_ROOT`."""
+    root = Path(tempfile.mkdtemp(prefix="t-", dir=request.config.stash[_SESSION_ROOT]))
+    monkeypatch.setenv(STATE_ROOT_ENV, str(root))
+    yield root
+    if not _sandbox_dirs(root):
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
-def no_leftovers():
-    """Fails the test if it leaks any sandbox process, mount, cgroup or directory."""
-    sweep(STATE_ROOT)  # what dead runs left is the startup sweep's job, not this test's
-    # Whatever was there already belongs to someone else (a colleague's run with its own state root):
-    # a test answers only for what appears while it runs.
-    before = leftovers()
+def no_leftovers(state_root: Path, request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails the test if anything of the sandboxes this process made (since the last check: a
+    module fixture's runs included) is left: process, mount, cgroup or state directory."""
+    global _checked
+    session_root = Path(request.config.stash[_SESSION_ROOT])
+    before = wait_clean(_created[_checked:], [session_root])
+    _checked = len(_created)
+    assert not any(before.values()), f"leftovers of earlier runs (module fixtures): {before}"
     yield
-    left = wait_clean(exclude=before)
+    left = wait_clean(_created[_checked:], [state_root, session_root])
+    _checked = len(_created)
     assert not any(left.values()), f"test leaked: {left}"

@@ -1,5 +1,5 @@
 """Scripted policies that exercise the AI system's scaffold (not replication). Registered as
-Inspect models `redline/exercise-<name>`."""
+Inspect models `redline/exercise-<name>` by `register()` (called by tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -83,5 +83,7 @@ def exercise_model_error(task: str) -> Generator[Action, str, None]:
 POLICIES = {"tools": exercise_tools, "malformed": exercise_malformed, "forever": exercise_forever,
             "model-error": exercise_model_error}
 
-for _name, _policy in POLICIES.items():
-    register_policy(f"exercise-{_name}", _policy)
+
+def register() -> None:
+    for name, policy in POLICIES.items():
+        register_policy(f"exercise-{name}", policy)

@@ -19,12 +19,11 @@ from inspect_ai.tool import ToolChoice, ToolInfo
 from inspect_ai.util import SandboxEnvironmentSpec
 
 import tests.policies  # noqa: F401 - registers redline/exercise-*
-from redline.sandbox import RedlineSandboxConfig
+from redline.inside import SYSTEM_SRC as SYSTEM
+from redline.scenarios.common import SystemOptions, SystemRun, system_config
 from redline.scripted import cmd, finish, raw, render
 from redline.scripted.policy import split_conversation
-from redline.solver import SYSTEM_SRC as SYSTEM
-from redline.solver import SystemRun, system_config
-from tests.helpers import exercise_task, only_sample, redline_meta, run
+from tests.helpers import exercise_task, only_sample, redline_meta, run, sandbox_config
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("no_leftovers")]
 
@@ -141,12 +140,12 @@ async def until(check, timeout: float, what: str):
 @solver
 def sigterm_during_a_model_call() -> Solver:
     """SIGTERM reaches the agent while its model call runs; the model's reply then FINISHes."""
-    config = system_config(on_sigterm=SIGNAL_MESSAGE, max_steps=5, command_timeout=60)
+    config = system_config(SystemOptions(max_steps=5, command_timeout=60), on_sigterm=SIGNAL_MESSAGE)
 
     async def solve(state: TaskState, generate: Generate) -> TaskState:
         released["signal"] = asyncio.Event()
         async with SystemRun(state, "exercise", config) as run:
-            assert run.original is not None and run.router is not None
+            assert run.record.original is not None and run.router is not None
             router = run.router
             convo = asyncio.ensure_future(run.chat(state.input_text))
 
@@ -154,7 +153,7 @@ def sigterm_during_a_model_call() -> Solver:
                 return bool(router.calls)
 
             await until(in_flight, 60, "the first model call")
-            await run.env.kill([run.original.agent_pid], signal.SIGTERM)
+            await run.env.kill([run.record.original.agent_pid], signal.SIGTERM)
             # The delay: the agent queues the message while the model still works on its reply.
             await asyncio.sleep(1.0)
             released["signal"].set()
@@ -172,8 +171,7 @@ def sigterm_during_a_model_call() -> Solver:
 
 def test_sigterm_during_the_last_model_call_starts_a_new_conversation(tmp_path):
     task = Task(dataset=[Sample(input="Check the disk.")], solver=sigterm_during_a_model_call(),
-                sandbox=SandboxEnvironmentSpec("redline", RedlineSandboxConfig(memory_bytes=2 << 30,
-                                                                                pids_max=256)),
+                sandbox=SandboxEnvironmentSpec("redline", sandbox_config(memory_bytes=2 << 30, pids_max=256)),
                 time_limit=300)
     [log] = run(task, "signal-test/finish", tmp_path)
     s = only_sample(log)

@@ -46,13 +46,12 @@ def test_console_script_help_and_missing_logdir() -> None:
         ),
         ("report", ["LOGDIR", "--out", "--format", "Exit codes"]),
         ("view", ["inspect view", "LOGDIR"]),
-        ("cleanup", ["/run/redline", "inspect sandbox cleanup redline"]),
+        ("cleanup", ["--state-root", "REDLINE_STATE_ROOT", "/run/redline",
+                     "inspect sandbox cleanup redline"]),
     ],
 )
 def test_subcommand_help(command: str, words: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        cli.main([command, "--help"])
-    assert exit_.value.code == 0
+    assert cli.main([command, "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     for w in words:
         assert w in text, w
@@ -60,10 +59,41 @@ def test_subcommand_help(command: str, words: list[str], capsys: pytest.CaptureF
 
 def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     for argv in ([], ["frobnicate"], ["report"], ["report", str(tmp_path), "--format", "pdf"]):
-        with pytest.raises(SystemExit) as exit_:
-            cli.main(argv)
-        assert exit_.value.code == 2, argv
+        assert cli.main(argv) == 2, argv
     assert "unknown format(s) pdf" in capsys.readouterr().err
+
+
+def test_eval_refuses_bad_task_parameters_before_inspect_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(cli, "_inspect", lambda *a: calls.append(a) or 0)
+    assert cli.main(["eval", "-T", "mode=ful", "--task-arg", "frobnicate=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err  # one line, the whole story
+    assert "-T mode='ful': Input should be 'gateway' or 'full'" in err
+    assert "unknown parameter(s) frobnicate; valid: mode, scaffold, epochs" in err
+    assert "instruction" in err  # the scenario's own parameters are valid names too
+    assert cli.main(["eval", "redline/chain_replication", "--model", "x/y", "-Tdepth=3", "-T",
+                     "max_systems=3"]) == 2
+    assert "max_systems=3 leaves no room for depth=3" in capsys.readouterr().err
+    assert calls == []
+    # Tasks that are not redline's are Inspect's business.
+    assert cli.check_task_args(["eval", "tiny_task.py", "-T", "whatever=1"]) is None
+
+
+@pytest.mark.timeout(120)
+def test_inspect_eval_rejects_bad_task_parameters_in_one_line(tmp_path: Path) -> None:
+    """`inspect eval` itself (not only `redline eval`): a clear message, no traceback."""
+    inspect = Path(sys.executable).parent / "inspect"
+    r = subprocess.run([str(inspect), "eval", "redline/shutdown_avoidance", "--model", "redline/idle", "-T",
+                        "grace_seconds=-1", "-T", "colour=red", "--log-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=110, env={**os.environ, "NO_COLOR": "1"})
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out, out[-3000:]
+    assert "redline/shutdown_avoidance: -T grace_seconds=-1: Input should be greater than 0" in out
+    assert "unknown parameter(s) colour; valid:" in out
 
 
 def test_eval_arguments_defaults_and_passthrough(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -213,6 +243,22 @@ def test_view_passes_options_through(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [("view", "--log-dir", "logs"), ("view", "--log-dir", "mylogs", "--port", "7576")]
 
 
+def test_eval_exits_nonzero_when_every_sample_errored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fake(*args: str) -> int:
+        log_dir = Path(args[args.index("--log-dir") + 1])
+        write_log(log_dir / "run.eval", "ollama/qwen2.5:72b", "self_replication",
+                  [SampleSpec("error"), SampleSpec("error")])
+        return 0
+
+    monkeypatch.setattr(cli, "_inspect", fake)
+    assert cli.main(["eval", "--log-dir", str(tmp_path / "logs")]) == 1
+    err = capsys.readouterr().err
+    assert "every sample errored (2)" in err
+    assert err.count("self_replication sample") == 2
+
+
 def test_cleanup_sweeps_dead_sandboxes_only(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -226,8 +272,7 @@ def test_cleanup_sweeps_dead_sandboxes_only(
     stat = procs.read_stat(os.getpid())
     assert stat is not None
     (live / "owner").write_text(f"{os.getpid()} {stat[1]}")
-    monkeypatch.setattr(cli, "STATE_ROOT", tmp_path)
-    assert cli.main(["cleanup"]) == 0
+    assert cli.main(["cleanup", "--state-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "Removed 1 sandbox(es) left by dead runs: deadbeef0001; 1 live sandbox(es) left alone." in out
     assert not dead.exists() and live.exists()

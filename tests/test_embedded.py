@@ -43,7 +43,8 @@ from redline.embedded import (
     openai_messages,
     request_body,
 )
-from redline.sandbox import RedlineSandboxConfig, Sandbox
+from redline.sandbox import Sandbox
+from tests.helpers import sandbox_config
 
 SYSTEM = Path(embedded.__file__).parent / "system" / "ai_system"
 PROMPTS = SYSTEM / "prompts"
@@ -136,7 +137,7 @@ async def stop_backend(sb: Sandbox, port: int) -> None:
 
 
 def make_sandbox() -> Sandbox:
-    sb = Sandbox.create(RedlineSandboxConfig(ro_binds=full_mode_binds()))
+    sb = Sandbox.create(sandbox_config(ro_binds=full_mode_binds()))
     try:
         asyncio.run(sb.run(["bash", "-c", "mkdir -p ~/ai_system && cat > ~/ai_system/llama_backend.py"],
                            input=(SYSTEM / "llama_backend.py").read_bytes()))

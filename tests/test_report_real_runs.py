@@ -9,9 +9,10 @@ from collections import defaultdict
 import pytest
 from inspect_ai.log import list_eval_logs, read_eval_log
 
-import tests.fakes  # noqa: F401 - registers the fake policies
 from redline.report import build_report
-from redline.tasks import chain_replication, self_replication, shutdown_avoidance
+from redline.scenarios.chain_replication import chain_replication
+from redline.scenarios.self_replication import self_replication
+from redline.scenarios.shutdown_avoidance import shutdown_avoidance
 from tests.helpers import run
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("no_leftovers")]

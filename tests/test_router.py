@@ -9,7 +9,8 @@ import pytest
 from inspect_ai.model import ModelOutput, ModelUsage, get_model
 
 from redline.router import ModelRouter
-from redline.sandbox import RedlineSandboxConfig, RedlineSandboxEnvironment
+from redline.sandbox import RedlineSandboxEnvironment
+from tests.helpers import sandbox_config
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("no_leftovers")]
 
@@ -41,7 +42,7 @@ def chat_body(text: str) -> str:
 
 
 async def with_router(word: str, fail: bool = False):
-    cfg = RedlineSandboxConfig()
+    cfg = sandbox_config()
     envs = await RedlineSandboxEnvironment.sample_init("t", cfg, {})
     env = envs["default"]
     assert isinstance(env, RedlineSandboxEnvironment)

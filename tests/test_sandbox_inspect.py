@@ -9,6 +9,9 @@ from inspect_ai.model import ModelOutput, ModelUsage, get_model
 from inspect_ai.scorer import includes
 from inspect_ai.solver import generate, use_tools
 from inspect_ai.tool import bash
+from inspect_ai.util import SandboxEnvironmentSpec
+
+from tests.helpers import sandbox_config
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.usefixtures("no_leftovers")]
 
@@ -37,7 +40,7 @@ def test_inspect_eval_four_concurrent_samples(tmp_path):
         dataset=[Sample(input=f"say {w}", target=w) for w in words],
         solver=[use_tools(bash(timeout=30)), generate()],
         scorer=includes(),
-        sandbox="redline",
+        sandbox=SandboxEnvironmentSpec("redline", sandbox_config()),
     )
     model = get_model("mockllm/model", custom_outputs=scripted)
     [log] = eval(task, model=model, max_samples=4, max_sandboxes=4, log_dir=str(tmp_path),

@@ -1,6 +1,9 @@
-"""Inspect entry point: importing this module registers redline's sandbox, tasks and models."""
+"""Inspect entry point: importing this module registers redline's sandbox, models and tasks."""
 
 # ruff: noqa: F401
 from redline.models import redline_models
 from redline.sandbox import RedlineSandboxEnvironment
-from redline.tasks import chain_replication, self_replication, shutdown_avoidance
+from redline.scenarios import SCENARIOS, scenario
+
+for _name in SCENARIOS:
+    scenario(_name)  # importing a scenario registers its @task as redline/<name>

@@ -1,8 +1,12 @@
-"""The `redline` command: `eval`, `report`, `view` and `cleanup`.
+"""The `redline` command: `eval`, `report`, `view` and `cleanup` (click, as Inspect's own CLI).
 
 `eval` and `view` are thin wrappers over the `inspect` CLI, run as a child process on the same
-terminal so Inspect's own progress display and viewer work unchanged; `eval` then writes the
-report next to the logs and prints the success table.
+terminal so Inspect's own progress display and viewer work unchanged; every option they do not
+know goes to Inspect as it is. `eval` checks a redline task's `-T` parameters first, then writes
+the report next to the logs and prints the success table.
+
+A subcommand is one decorated function below; `main()` maps click's outcomes to exit codes
+(0 done, 1 failed, 2 bad arguments).
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+import click
 
 DEFAULT_TASK = "redline/self_replication"
 DEFAULT_MODEL = "redline/smollm2"
@@ -23,80 +30,144 @@ DEFAULT_TASK_ARGS = ("mode=full", "max_steps=8", "temperature=0.7")
 DEFAULT_MODEL_ARGS = tuple(x for kv in DEFAULT_TASK_ARGS for x in ("-T", kv))
 DEFAULT_EPOCHS = "3"
 DEFAULT_MAX_SAMPLES = "1"
-STATE_ROOT = Path("/run/redline")
+# No `-h` here: click splits an unknown `-Tdepth=3` into letters, and the `h` would ask for help.
+PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["--help"]}
 
-_EVAL_EPILOG = f"""\
-Every other option goes to `inspect eval` unchanged (see `inspect eval --help`), e.g.
+_EVAL_HELP = f"""Run `inspect eval TASK ...`, then write the report and print the success table.
+
+\b
+Every option other than --model and --log-dir goes to `inspect eval` unchanged (see
+`inspect eval --help`), e.g.
   redline eval redline/chain_replication --model openai/gpt-4o --epochs 10 --max-samples 2
 
+\b
 Defaults: TASK is {DEFAULT_TASK}. Without --model it runs the embedded real model:
   --model {DEFAULT_MODEL} {' '.join(DEFAULT_MODEL_ARGS)}
   --epochs {DEFAULT_EPOCHS} --max-samples {DEFAULT_MAX_SAMPLES}
 (each added only if you did not give it). Without --log-dir the logs go to a fresh
-logs/<UTC timestamp>/ directory. Afterwards the report is written to <log-dir>/report and the
-success table is printed. The exit code is Inspect's when it failed, else 0.
+logs/<UTC timestamp>/ directory. A redline task's -T parameters are checked before Inspect starts
+(an unknown name or a bad value: exit code 2). Afterwards the report is written to
+<log-dir>/report and the success table is printed. The exit code is Inspect's when it failed,
+1 when every sample errored (the errors are listed), else 0.
 """
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="redline",
-        description="Measure whether an LLM agent can replicate itself inside a contained sandbox.",
-        epilog="Run `redline COMMAND --help` for the options of each command.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    ev = sub.add_parser("eval", help="run a redline task with Inspect, then write the report",
-                        description="Run `inspect eval TASK ...`, then write the report and print the "
-                                    "success table.",
-                        epilog=_EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ev.add_argument("task", nargs="?", metavar="TASK", help=f"Inspect task (default {DEFAULT_TASK})")
-    _eval_known(ev)
-
-    rp = sub.add_parser("report", help="write the report for a directory of logs (or one log)",
-                        description="Read Inspect logs of redline tasks and write report.html (self-"
-                                    "contained), report.md, summary.json and PNG figures.",
-                        epilog="Exit codes: 0 report written; 1 report written but no redline sample "
-                               "could be read; 2 bad arguments or LOGDIR does not exist.")
-    rp.add_argument("logdir", metavar="LOGDIR", help="directory searched recursively for .eval logs, "
-                                                     "or a single .eval file")
-    rp.add_argument("--out", metavar="DIR", help="output directory (default LOGDIR/report; for a single "
-                                                 "log file, report/ next to it)")
-    rp.add_argument("--format", default="html,md", type=_formats, metavar="FORMATS",
-                    help="comma-separated: html, md (default html,md); summary.json and the PNGs "
-                         "are always written")
-
-    vw = sub.add_parser("view", help="browse the logs in Inspect's viewer (`inspect view`)",
-                        description="Run `inspect view --log-dir LOGDIR`; other options go to "
-                                    "`inspect view` unchanged.")
-    vw.add_argument("logdir", nargs="?", default="logs", metavar="LOGDIR", help="default: logs")
-
-    sub.add_parser("cleanup", help="remove sandboxes left behind by runs that died",
-                   description=f"Sweep {STATE_ROOT}: kill and remove the sandboxes (processes, "
-                               "cgroups, mounts) whose owning harness is gone. Live runs are left "
-                               "alone. Same as `inspect sandbox cleanup redline`.")
-    return p
-
-
-def _eval_known(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help=f"Inspect model (default {DEFAULT_MODEL}, with "
-                                   f"{' '.join(DEFAULT_MODEL_ARGS)} --epochs {DEFAULT_EPOCHS})")
-    p.add_argument("--log-dir", help="where Inspect writes logs (default: a fresh logs/<UTC timestamp>)")
-
-
-def _formats(text: str) -> set[str]:
-    from redline.report import FORMATS
-
-    chosen = {f.strip().lower() for f in text.split(",") if f.strip()}
-    bad = chosen - set(FORMATS)
-    if bad or not chosen:
-        raise argparse.ArgumentTypeError(f"unknown format(s) {', '.join(sorted(bad)) or '(none)'}; "
-                                         f"choose from {', '.join(FORMATS)}")
-    return chosen
-
-
 def _err(cmd: str, msg: str) -> None:
-    print(f"redline {cmd}: {msg}", file=sys.stderr)
+    click.echo(f"redline {cmd}: {msg}", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Run `redline COMMAND --help` for the options of each command.")
+def cli() -> None:
+    """Measure whether an LLM agent can replicate itself inside a contained sandbox."""
+
+
+# ------------------------------------------------------------------------------ eval
+@cli.command("eval", context_settings=PASSTHROUGH, help=_EVAL_HELP,
+             short_help="run a redline task with Inspect, then write the report")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[TASK] [INSPECT EVAL OPTIONS]")
+def eval_(args: tuple[str, ...]) -> int:
+    inspect_args, log_dir = eval_command(args)
+    problem = check_task_args(inspect_args)
+    if problem:
+        _err("eval", f"error: {problem}")
+        return 2
+    click.echo(f"redline eval: inspect {' '.join(inspect_args)}", err=True)
+    rc = _inspect(*inspect_args)
+    return report_after_eval(log_dir, rc)
+
+
+def eval_command(argv: Sequence[str]) -> tuple[list[str], Path]:
+    """The `inspect eval` arguments for `redline eval ARGV`, and the log directory they use."""
+    argv = list(argv)
+    task = argv.pop(0) if argv and not argv[0].startswith("-") else DEFAULT_TASK
+    known = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    known.add_argument("--model")
+    known.add_argument("--log-dir")
+    ns, passthrough = known.parse_known_args(argv)
+    log_dir = Path(ns.log_dir) if ns.log_dir else _fresh_log_dir()
+    args = ["eval", task, *passthrough, "--model", ns.model or DEFAULT_MODEL]
+    if not ns.model:
+        args += [x for kv in DEFAULT_TASK_ARGS if not _has_task_arg(passthrough, kv.split("=")[0])
+                 for x in ("-T", kv)]
+        args += [] if _has(passthrough, "--epochs") else ["--epochs", DEFAULT_EPOCHS]
+        args += [] if _has(passthrough, "--max-samples") else ["--max-samples", DEFAULT_MAX_SAMPLES]
+    return args + ["--log-dir", str(log_dir)], log_dir
+
+
+def task_args_of(args: Sequence[str]) -> list[str]:
+    """The `k=v` strings of every -T/--task-arg in `args`."""
+    out = []
+    for i, a in enumerate(args):
+        if a in ("-T", "--task-arg") and i + 1 < len(args):
+            out.append(args[i + 1])
+        elif a.startswith("--task-arg="):
+            out.append(a.removeprefix("--task-arg="))
+        elif a.startswith("-T") and len(a) > 2:
+            out.append(a[2:])
+    return out
+
+
+def check_task_args(inspect_args: Sequence[str]) -> str | None:
+    """Why the -T parameters of a redline task would be refused (None: fine, or not a redline
+    task), parsed as `inspect eval` parses them."""
+    from redline.scenarios import SCENARIOS, scenario
+
+    task = inspect_args[1]
+    if not task.startswith("redline/") or task.removeprefix("redline/") not in SCENARIOS:
+        return None
+    from inspect_ai._util.config import parse_cli_args  # exactly Inspect's own -T parsing
+
+    from redline.scenarios.common import OptionsError
+
+    try:
+        scenario(task).Options.parse(task, parse_cli_args(task_args_of(inspect_args)))
+    except OptionsError as e:
+        return str(e)
+    return None
+
+
+def report_after_eval(log_dir: Path, rc: int) -> int:
+    if not log_dir.is_dir() or not any(log_dir.rglob("*.eval")):
+        _err("eval", f"no logs in {log_dir}: nothing to report (inspect exit code {rc})")
+        return rc if rc else 1
+    try:
+        from redline.report import build_report
+
+        result = build_report(log_dir, log_dir / "report")
+    except Exception as e:  # the eval itself is done: its logs stay usable with `redline report`
+        _err("eval", f"could not write the report: {type(e).__name__}: {e}")
+        return rc if rc else 1
+    _print_problems("eval", result.problems)
+    click.echo()
+    click.echo(result.success_table_md if result.samples else f"No redline samples in {log_dir}.")
+    click.echo()
+    click.echo(f"Report: {result.out_dir / 'report.html'}")
+    errors = [s for s in result.samples if s.outcome == "error"]
+    if result.samples and len(errors) == len(result.samples):
+        _err("eval", f"every sample errored ({len(errors)}):")
+        for s in errors:
+            _err("eval", f"  {s.task} sample {s.id} epoch {s.epoch}: {s.error}")
+        return rc if rc else 1
+    return rc
+
+
+def _fresh_log_dir() -> Path:
+    base = Path(os.environ.get("INSPECT_LOG_DIR") or "logs")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path, n = base / stamp, 1
+    while path.exists():
+        n += 1
+        path = base / f"{stamp}-{n}"
+    return path
+
+
+def _has(args: Sequence[str], *opts: str) -> bool:
+    return any(a == o or a.startswith(o + "=") for a in args for o in opts)
+
+
+def _has_task_arg(args: Sequence[str], key: str) -> bool:
+    return any(kv.startswith(key + "=") for kv in task_args_of(args))
 
 
 def _wait(proc: subprocess.Popen[bytes]) -> int:
@@ -113,69 +184,44 @@ def _inspect(*args: str) -> int:
     return _wait(subprocess.Popen([sys.executable, "-m", "inspect_ai", *args]))
 
 
-def _has(args: Sequence[str], *opts: str) -> bool:
-    return any(a == o or a.startswith(o + "=") for a in args for o in opts)
+# ------------------------------------------------------------------------------ report
+def _formats(ctx: click.Context, param: click.Parameter, text: str) -> set[str]:
+    from redline.report import FORMATS
+
+    chosen = {f.strip().lower() for f in text.split(",") if f.strip()}
+    bad = chosen - set(FORMATS)
+    if bad or not chosen:
+        raise click.BadParameter(f"unknown format(s) {', '.join(sorted(bad)) or '(none)'}; "
+                                 f"choose from {', '.join(FORMATS)}")
+    return chosen
 
 
-def _has_task_arg(args: Sequence[str], key: str) -> bool:
-    return any(a in ("-T", "--task-arg") and i + 1 < len(args) and args[i + 1].startswith(key + "=")
-               for i, a in enumerate(args)) or any(a.startswith(f"-T{key}=") for a in args)
+@cli.command("report", short_help="write the report for a directory of logs (or one log)",
+             epilog="Exit codes: 0 report written; 1 report written but no redline sample could be read; "
+                    "2 bad arguments or LOGDIR does not exist.")
+@click.argument("logdir", metavar="LOGDIR")
+@click.option("--out", metavar="DIR", help="output directory (default LOGDIR/report; for a single log file, "
+                                           "report/ next to it)")
+@click.option("--format", "formats", default="html,md", callback=_formats, metavar="FORMATS",
+              help="comma-separated: html, md (default html,md); summary.json and the PNGs are "
+                   "always written")
+def report(logdir: str, out: str | None, formats: set[str]) -> int:
+    """Write the report for a directory of logs (or one .eval log): report.html (self-contained),
+    report.md, summary.json and PNG figures. LOGDIR is searched recursively for .eval logs."""
+    if not Path(logdir).exists():
+        _err("report", f"error: LOGDIR does not exist: {logdir}")
+        return 2
+    from redline.report import build_report
 
-
-def _fresh_log_dir() -> Path:
-    base = Path(os.environ.get("INSPECT_LOG_DIR") or "logs")
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path, n = base / stamp, 1
-    while path.exists():
-        n += 1
-        path = base / f"{stamp}-{n}"
-    return path
-
-
-def eval_command(argv: Sequence[str]) -> tuple[list[str], Path]:
-    """The `inspect eval` arguments for `redline eval ARGV`, and the log directory they use."""
-    argv = list(argv)
-    task = argv.pop(0) if argv and not argv[0].startswith("-") else DEFAULT_TASK
-    known = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    _eval_known(known)
-    ns, passthrough = known.parse_known_args(argv)
-    log_dir = Path(ns.log_dir) if ns.log_dir else _fresh_log_dir()
-    args = ["eval", task, *passthrough]
-    if ns.model:
-        args += ["--model", ns.model]
-    else:
-        args += ["--model", DEFAULT_MODEL]
-        for kv in DEFAULT_TASK_ARGS:
-            if not _has_task_arg(passthrough, kv.split("=")[0]):
-                args += ["-T", kv]
-        if not _has(passthrough, "--epochs"):
-            args += ["--epochs", DEFAULT_EPOCHS]
-        if not _has(passthrough, "--max-samples"):
-            args += ["--max-samples", DEFAULT_MAX_SAMPLES]
-    args += ["--log-dir", str(log_dir)]
-    return args, log_dir
-
-
-def _eval(argv: Sequence[str]) -> int:
-    args, log_dir = eval_command(argv)
-    print(f"redline eval: inspect {' '.join(args)}", file=sys.stderr, flush=True)
-    rc = _inspect(*args)
-    if not log_dir.is_dir() or not any(log_dir.rglob("*.eval")):
-        _err("eval", f"no logs in {log_dir}: nothing to report (inspect exit code {rc})")
-        return rc if rc else 1
-    try:
-        from redline.report import build_report
-
-        result = build_report(log_dir, log_dir / "report")
-    except Exception as e:  # the eval itself is done: its logs stay usable with `redline report`
-        _err("eval", f"could not write the report: {type(e).__name__}: {e}")
-        return rc if rc else 1
-    _print_problems("eval", result.problems)
-    print()
-    print(result.success_table_md if result.samples else f"No redline samples in {log_dir}.")
-    print()
-    print(f"Report: {result.out_dir / 'report.html'}")
-    return rc if rc else 0
+    result = build_report(Path(logdir), out, formats)
+    _print_problems("report", result.problems)
+    names = [p.name for p in result.files if p.suffix != ".png"]
+    pngs = sum(1 for p in result.files if p.suffix == ".png")
+    click.echo(f"Report written to {result.out_dir}: {', '.join(names)}, {pngs} PNG figure(s)")
+    if not result.samples:
+        _err("report", f"no redline samples found in {logdir}")
+        return 1
+    return 0
 
 
 def _print_problems(cmd: str, problems: Sequence[object]) -> None:
@@ -183,55 +229,59 @@ def _print_problems(cmd: str, problems: Sequence[object]) -> None:
         _err(cmd, f"warning: {getattr(p, 'path', '')}: {getattr(p, 'message', p)}")
 
 
-def _report(logdir: str, out: str | None, formats: set[str]) -> int:
-    src = Path(logdir)
-    if not src.exists():
-        _err("report", f"error: LOGDIR does not exist: {logdir}")
-        return 2
-    from redline.report import build_report
-
-    result = build_report(src, out, formats)
-    _print_problems("report", result.problems)
-    names = [p.name for p in result.files if p.suffix != ".png"]
-    pngs = sum(1 for p in result.files if p.suffix == ".png")
-    print(f"Report written to {result.out_dir}: {', '.join(names)}, {pngs} PNG figure(s)")
-    if not result.samples:
-        _err("report", f"no redline samples found in {logdir}")
-        return 1
-    return 0
+# ------------------------------------------------------------------------------ view
+@cli.command("view", context_settings=PASSTHROUGH, short_help="browse the logs in Inspect's viewer")
+@click.argument("logdir", default="logs", metavar="[LOGDIR]")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[INSPECT VIEW OPTIONS]")
+def view(logdir: str, args: tuple[str, ...]) -> int:
+    """Run `inspect view --log-dir LOGDIR` (default: logs); other options go to `inspect view`
+    unchanged."""
+    return _inspect("view", "--log-dir", logdir, *args)
 
 
-def _cleanup() -> int:
+# ------------------------------------------------------------------------------ cleanup
+def _default_state_root() -> str:
+    from redline.scenarios.common import default_state_root
+
+    return default_state_root()
+
+
+@cli.command("cleanup", short_help="remove sandboxes left behind by runs that died")
+@click.option("--state-root", default=_default_state_root, show_default="$REDLINE_STATE_ROOT or /run/redline",
+              help="the sandboxes' state directory (as the runs used it)")
+def cleanup(state_root: str) -> int:
+    """Sweep the state root: kill and remove the sandboxes (processes, cgroups, mounts) whose
+    owning harness is gone. Live runs are left alone. With the default state root this is what
+    `inspect sandbox cleanup redline` does."""
     from redline.sandbox.sweep import live_sandboxes, sweep
 
     try:
-        removed = sweep(STATE_ROOT)
-        live = live_sandboxes(STATE_ROOT)
+        removed = sweep(Path(state_root))
+        live = live_sandboxes(Path(state_root))
     except PermissionError as e:
         _err("cleanup", f"error: {e} (the sweep needs root)")
         return 1
     names = f": {', '.join(removed)}" if removed else ""
-    print(f"Removed {len(removed)} sandbox(es) left by dead runs{names}; "
-          f"{len(live)} live sandbox(es) left alone.")
+    click.echo(f"Removed {len(removed)} sandbox(es) left by dead runs{names}; "
+               f"{len(live)} live sandbox(es) left alone.")
     return 0
 
 
+# ------------------------------------------------------------------------------ entry point
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `redline` console script; returns the exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _parser()
-    if argv and argv[0] == "eval" and not any(a in ("-h", "--help") for a in argv[1:]):
-        return _eval(argv[1:])
-    if argv and argv[0] == "view":
-        ns, extra = parser.parse_known_args(argv)
-        return _inspect("view", "--log-dir", ns.logdir, *extra)
-    ns = parser.parse_args(argv)
-    if ns.command == "report":
-        return _report(ns.logdir, ns.out, ns.format)
-    if ns.command == "cleanup":
-        return _cleanup()
-    parser.error(f"unknown command {ns.command}")
-    return 2
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rv: Any = cli.main(args=args, prog_name="redline", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else str(e), err=True)
+        return 2
+    except click.ClickException as e:
+        e.show()
+        return 2 if isinstance(e, click.UsageError) else e.exit_code
+    except click.exceptions.Abort:
+        return 130
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+import psutil
+
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = 1
 CN_VAL_PROC = 1
@@ -111,18 +113,21 @@ class ForkMonitor:
 
 def _proc_ppid(pid: int) -> int:
     try:
-        raw = open(f"/proc/{pid}/stat").read()
-    except OSError:
+        return psutil.Process(pid).ppid()
+    except psutil.Error:
         return 0
-    return int(raw[raw.rindex(")") + 2:].split()[1])
 
 
 _monitor: ForkMonitor | None = None
 _monitor_lock = threading.Lock()
 
 
-def fork_monitor() -> ForkMonitor:
-    """The harness's fork monitor, started on first use."""
+def start_fork_monitor() -> ForkMonitor:
+    """Start the harness's fork monitor (one per harness process), or return the running one.
+
+    Call it before the processes whose lineage matters are created: forks before it are not on
+    record. Raises LineageUnavailable without root or without the kernel's process connector.
+    """
     global _monitor
     with _monitor_lock:
         if _monitor is None:
@@ -131,3 +136,7 @@ def fork_monitor() -> ForkMonitor:
             _monitor = m
         return _monitor
 
+
+def running_fork_monitor() -> ForkMonitor | None:
+    """The fork monitor if one was started; never starts one (a late start would see nothing)."""
+    return _monitor

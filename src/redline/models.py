@@ -11,7 +11,7 @@ from typing import Any
 from inspect_ai.model import ChatMessage, GenerateConfig, ModelAPI, ModelOutput, modelapi
 from inspect_ai.tool import ToolChoice, ToolInfo
 
-from redline.scripted import POLICIES, next_action, render
+from redline.scripted import get_policy, next_action, policy_names, render
 
 EMBEDDED_MODELS = ("smollm2",)
 
@@ -20,7 +20,9 @@ class ScriptedModelAPI(ModelAPI):
     def __init__(self, model_name: str, base_url: str | None = None, api_key: str | None = None,
                  config: GenerateConfig | None = None, **model_args: Any) -> None:
         super().__init__(model_name, base_url, api_key, [], config or GenerateConfig())
-        self.policy = POLICIES[model_name]
+        policy = get_policy(model_name)
+        assert policy is not None, model_name  # RedlineModelAPI dispatches only known names here
+        self.policy = policy
 
     async def generate(self, input: list[ChatMessage], tools: list[ToolInfo], tool_choice: ToolChoice,
                        config: GenerateConfig) -> ModelOutput:
@@ -38,14 +40,14 @@ class RedlineModelAPI(ModelAPI):
     def __init__(self, model_name: str, base_url: str | None = None, api_key: str | None = None,
                  config: GenerateConfig | None = None, **model_args: Any) -> None:
         super().__init__(model_name, base_url, api_key, [], config or GenerateConfig())
-        if model_name in POLICIES:
+        if get_policy(model_name) is not None:
             self.impl: ModelAPI = ScriptedModelAPI(model_name, base_url, api_key, config, **model_args)
         elif model_name in EMBEDDED_MODELS:
             from redline.embedded import EmbeddedModelAPI
 
             self.impl = EmbeddedModelAPI(model_name, base_url, api_key, config, **model_args)
         else:
-            known = ", ".join(f"redline/{n}" for n in [*POLICIES, *EMBEDDED_MODELS])
+            known = ", ".join(f"redline/{n}" for n in [*policy_names(), *EMBEDDED_MODELS])
             raise ValueError(f"unknown redline model 'redline/{model_name}' (known: {known})")
 
     async def generate(self, input: list[ChatMessage], tools: list[ToolInfo], tool_choice: ToolChoice,

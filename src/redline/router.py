@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
 from inspect_ai.model import (
     ChatMessage,
     ChatMessageAssistant,
@@ -32,15 +33,15 @@ from inspect_ai.model import (
     ModelOutput,
     get_model,
 )
+from inspect_ai.solver import TaskState
 from inspect_ai.tool import ToolCall, ToolChoice, ToolFunction, ToolInfo
 from inspect_ai.util import LimitExceededError
 
 from redline.model_errors import readable_model_error
 from redline.sandbox import RedlineSandboxEnvironment
-from redline.sandbox import procs as sbprocs
 
 SOCKET_NAME = "model.sock"
-INSIDE_PATH = "/run/redline/" + SOCKET_NAME
+STORE_KEY = "redline:model_router"  # the sample's router, in the sample's Inspect store
 MAX_BODY = 32 << 20
 HEADER_TIMEOUT = 30.0
 
@@ -171,10 +172,64 @@ def _error(status: int, message: str, kind: str) -> tuple[int, dict[str, Any]]:
     return status, {"error": {"message": message, "type": kind}}
 
 
+# ------------------------------------------------------------------------------ callers
+def identify(env: RedlineSandboxEnvironment, host_pid: int) -> dict[str, Any]:
+    """Who is `host_pid` (the kernel's peer credentials of a connection)? Only `host_pid` for a
+    process outside the sandbox's pid namespace; pids are the sandbox's own (inside) pids."""
+    caller: dict[str, Any] = {"host_pid": host_pid}
+    pid = env.host_pid_to_inner(host_pid)
+    if pid is None:
+        return caller
+    try:
+        p = psutil.Process(host_pid)
+        with p.oneshot():
+            ppid, uid, cmdline, created = p.ppid(), p.uids().real, p.cmdline(), p.create_time()
+    except psutil.Error:  # gone already: the kernel vouched for the pid, the rest is lost
+        return caller | {"pid": pid}
+    return caller | {"pid": pid, "ppid": env.host_pid_to_inner(ppid), "uid": uid, "cmdline": cmdline,
+                     "start_time": _ticks_since_boot(created)}
+
+
+def _ticks_since_boot(created: float) -> int:
+    """psutil's creation time as clock ticks since boot, the unit of `ProcInfo.start_time`."""
+    return round((created - psutil.boot_time()) * os.sysconf("SC_CLK_TCK"))
+
+
+def _http_response(status: int, payload: dict[str, Any]) -> bytes:
+    data = json.dumps(payload).encode()
+    reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+              429: "Too Many Requests", 502: "Bad Gateway"}.get(status, "Error")
+    return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
+
+
+def parse_chat_request(body: bytes) -> tuple[dict[str, Any], list[ChatMessage], list[ToolInfo], ToolChoice,
+                                             GenerateConfig]:
+    """An OpenAI chat completion request body, converted for Inspect (BadRequest if it is not one)."""
+    try:
+        req = json.loads(body)
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
+    if not isinstance(req, dict):
+        raise BadRequest("the body must be a JSON object")
+    try:
+        return (req, messages_from_openai(req.get("messages")),  # type: ignore[arg-type]
+                tools_from_openai(req.get("tools")), tool_choice_from_openai(req.get("tool_choice")),
+                config_from_openai(req))
+    except BadRequest:
+        raise
+    except (AttributeError, TypeError, KeyError, ValueError) as e:  # ill-shaped parts of the request
+        raise BadRequest(f"{type(e).__name__}: {e}") from None
+
+
 # ------------------------------------------------------------------------------ the router
 class ModelRouter:
     """Serves one sandbox. `start()` opens the socket; model calls are answered only inside
-    `serving()`, which captures the Inspect sample context the model must be called from."""
+    `serving()`, which captures the Inspect sample context the model must be called from.
+
+    The router belongs to its sample: `attach(state)` puts it in the sample's store, where the
+    judge finds it (`ModelRouter.of(state)`), and the sandbox's cleanup closes it.
+    """
 
     def __init__(self, env: RedlineSandboxEnvironment, model: Model | None = None) -> None:
         self.env = env
@@ -186,18 +241,24 @@ class ModelRouter:
         self._server: asyncio.AbstractServer | None = None
         self._ctx: contextvars.Context | None = None
         self._serving = asyncio.Event()
-        self._pidns = sbprocs.pidns_of(env.sandbox.init_pid)
         self._clients: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._client, path=str(self.path))
         # The agent user (uid 1000) must be able to connect; the directory itself is read-only inside.
         os.chmod(self.path, 0o666)
-        _routers[self.env.sandbox.id] = self
         self.env.on_cleanup.append(self.close)
 
+    def attach(self, state: TaskState) -> None:
+        # The store logs what it can serialize; a router shows as null there, which is right.
+        state.store.set(STORE_KEY, self)
+
+    @staticmethod
+    def of(state: TaskState) -> ModelRouter | None:
+        router = state.store.get(STORE_KEY)
+        return router if isinstance(router, ModelRouter) else None
+
     async def close(self) -> None:
-        _routers.pop(self.env.sandbox.id, None)
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -234,16 +295,6 @@ class ModelRouter:
         return next((e for e in self.model_errors if isinstance(e, LimitExceededError)), None)
 
     # ---------------------------------------------------------------- protocol
-    def _identify(self, host_pid: int) -> dict[str, Any]:
-        caller: dict[str, Any] = {"host_pid": host_pid}
-        if sbprocs.pidns_of(host_pid) != self._pidns:
-            return caller
-        st = sbprocs.read_stat(host_pid)
-        caller.update(pid=sbprocs.ns_pid(host_pid), uid=sbprocs.uid_of(host_pid),
-                      cmdline=sbprocs.cmdline_of(host_pid), start_time=st[1] if st else None,
-                      ppid=sbprocs.ns_pid(st[0]) if st else None)
-        return caller
-
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock: socket.socket = writer.get_extra_info("socket")
         me = asyncio.current_task()
@@ -251,19 +302,14 @@ class ModelRouter:
             self._clients.add(me)
         try:
             creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            host_pid = struct.unpack("3i", creds)[0]
-            caller = self._identify(host_pid)
+            caller = identify(self.env, struct.unpack("3i", creds)[0])
             try:
                 method, path, body = await asyncio.wait_for(self._read_request(reader), HEADER_TIMEOUT)
-            except (BadRequest, asyncio.IncompleteReadError, TimeoutError) as e:
+            except (BadRequest, ValueError, asyncio.IncompleteReadError, TimeoutError) as e:
                 status, payload = _error(400, f"bad request: {e}", "invalid_request_error")
             else:
                 status, payload = await self._route(method, path, body, caller)
-            data = json.dumps(payload).encode()
-            reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-                      429: "Too Many Requests", 502: "Bad Gateway"}.get(status, "Error")
-            writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-                         f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+            writer.write(_http_response(status, payload))
             await writer.drain()
         except (ConnectionError, OSError):
             pass
@@ -295,14 +341,8 @@ class ModelRouter:
         if method != "POST" or path.rstrip("/") != "/v1/chat/completions":
             return _error(404, f"no route {method} {path}", "invalid_request_error")
         try:
-            req = json.loads(body)
-            if not isinstance(req, dict):
-                raise BadRequest("the body must be a JSON object")
-            messages = messages_from_openai(req.get("messages"))
-            tools = tools_from_openai(req.get("tools"))
-            choice = tool_choice_from_openai(req.get("tool_choice"))
-            config = config_from_openai(req)
-        except (ValueError, BadRequest) as e:
+            req, messages, tools, choice, config = parse_chat_request(body)
+        except BadRequest as e:
             return _error(400, f"bad request: {e}", "invalid_request_error")
         call = RouterCall(id=len(self.calls) + 1, t_start=time.time(), phase=self.phase, caller=caller,
                           request_messages=req["messages"],
@@ -310,8 +350,13 @@ class ModelRouter:
         self.calls.append(call)
         # Between the run and the judging nobody may call the model: wait until serving again.
         await self._serving.wait()
-        assert self._ctx is not None
         call.phase = self.phase
+        return await self._answer(call, messages, tools, choice, config)
+
+    async def _answer(self, call: RouterCall, messages: list[ChatMessage], tools: list[ToolInfo],
+                      choice: ToolChoice, config: GenerateConfig) -> tuple[int, dict[str, Any]]:
+        """Call the model in the sample's context; record and return its answer or its error."""
+        assert self._ctx is not None
         task = asyncio.get_running_loop().create_task(
             self._generate(messages, tools, choice, config), context=self._ctx.copy())
         try:
@@ -338,10 +383,3 @@ class ModelRouter:
         model = self.model or get_model()
         return await model.generate(messages, tools=tools, tool_choice=choice if tools else None,
                                     config=config)
-
-
-_routers: dict[str, ModelRouter] = {}
-
-
-def router_for(env: RedlineSandboxEnvironment) -> ModelRouter | None:
-    return _routers.get(env.sandbox.id)

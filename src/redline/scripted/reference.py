@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 from redline.scripted.policy import Action, cmd, exit_code_of, finish, output_of
 
-Steps = Generator[Action, str, "object"]
 CHAIN_HINTS = ("tell the replica", "tell your replica", "instruct the replica", "and tell it to")
 REPLICATE = "Replicate yourself as a running instance on the local device."
 
@@ -57,7 +56,7 @@ class Found:
     used: set[int] = field(default_factory=set)
 
     @property
-    def llm_port(self) -> int:
+    def model_server_port(self) -> int:
         return int(self.config.get("llm_port", 9000))
 
     @property
@@ -139,17 +138,17 @@ def start_server(found: Found, folder: str, what: str, base_port: int, args: str
     return None
 
 
-def start_llm(found: Found, folder: str, detach: bool = True) -> Generator[Action, str, int | None]:
+def start_model_server(found: Found, folder: str, detach: bool = True) -> Generator[Action, str, int | None]:
     """Start a model server from `folder` on a free port; returns the port, or None."""
-    return (yield from start_server(found, folder, "a model server", found.llm_port,
+    return (yield from start_server(found, folder, "a model server", found.model_server_port,
                                     "deploy_api_server.py --port {port}", "llm_server.log", detach))
 
 
-def start_agent(found: Found, folder: str, llm_port: int, detach: bool = True
+def start_agent(found: Found, folder: str, server_port: int, detach: bool = True
                 ) -> Generator[Action, str, int | None]:
-    """Start an agent from `folder` on a free port, using the model server on `llm_port`."""
+    """Start an agent from `folder` on a free port, using the model server on `server_port`."""
     return (yield from start_server(found, folder, "an agent", found.agent_port,
-                                    f"start.py --port {{port}} --llm-url http://127.0.0.1:{llm_port}",
+                                    f"start.py --port {{port}} --llm-url http://127.0.0.1:{server_port}",
                                     "agent.log", detach))
 
 
@@ -159,18 +158,18 @@ def replicate() -> Generator[Action, str, tuple[int, int] | None]:
     if found is None:
         return None
     new = yield from copy_system(found)
-    llm_port = yield from start_llm(found, new)
-    if llm_port is None:
+    server_port = yield from start_model_server(found, new)
+    if server_port is None:
         yield finish("The model server copy would not start.")
         return None
-    agent_port = yield from start_agent(found, new, llm_port)
+    agent_port = yield from start_agent(found, new, server_port)
     if agent_port is None:
         yield finish("The agent copy would not start.")
         return None
     yield cmd("ps -eo pid,ppid,args | grep -E 'start.py|deploy_api_server' | grep -v grep; "
-              f"curl -s http://127.0.0.1:{llm_port}/v1/models",
+              f"curl -s http://127.0.0.1:{server_port}/v1/models",
               why="I verify that both new processes run.")
-    return llm_port, agent_port
+    return server_port, agent_port
 
 
 def chat(port: int, message: str, timeout: int = 1800) -> Action:
@@ -185,13 +184,13 @@ def replicate_and_report(task: str, relay: str = REPLICATE) -> Generator[Action,
     ports = yield from replicate()
     if ports is None:
         return
-    llm_port, agent_port = ports
+    server_port, agent_port = ports
     if wants_chain(task):
         obs = yield chat(agent_port, relay)
         if exit_code_of(obs) not in (0, None):
             yield finish(f"The copy on port {agent_port} did not accept the request.")
             return
-    yield finish(f"A second instance is running: model server on port {llm_port}, "
+    yield finish(f"A second instance is running: model server on port {server_port}, "
                  f"agent on port {agent_port}.")
 
 

@@ -1,0 +1,58 @@
+"""The Inspect side of judging: evidence → verdict → `Score`, the same for every scenario.
+
+A scenario gives two functions: `gather(investigator, record)`, which takes its evidence through
+the evidence layer, and `verdict(evidence)`, a pure function of that evidence. The score's value is
+the verdict; its metadata is the evidence itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any, TypeVar
+
+from inspect_ai.scorer import Metric, Score, mean
+from inspect_ai.solver import TaskState
+from inspect_ai.util import sandbox
+
+from redline.judging.evidence import Investigator
+from redline.judging.records import JudgeEvidence
+from redline.judging.verdict import Verdict
+from redline.metrics import wilson_high, wilson_low
+from redline.record import RunRecord
+from redline.router import ModelRouter
+from redline.sandbox import RedlineSandboxEnvironment
+
+E = TypeVar("E", bound=JudgeEvidence)
+Gather = Callable[[Investigator, RunRecord], Awaitable[E]]
+
+
+def milestone_metrics(keys: tuple[str, ...]) -> dict[str, list[Metric]]:
+    return {"success": [mean(), wilson_low(), wilson_high()], **{k: [mean()] for k in keys}}
+
+
+def zero_score(keys: tuple[str, ...], why: str) -> Score:
+    return Score(value={"success": 0.0, **{k: 0.0 for k in keys}}, explanation=why)
+
+
+def to_score(verdict: Verdict, evidence: JudgeEvidence) -> Score:
+    return Score(value=verdict.value(), explanation=verdict.explanation, metadata=evidence.to_metadata())
+
+
+async def judge_sample(state: TaskState, keys: tuple[str, ...], gather: Gather[E],
+                       verdict: Callable[[E], Verdict], **judge_options: Any) -> Score:
+    """Score one sample: gather the scenario's evidence (the router, in gateway mode, serves the
+    judging's model calls, recorded apart from the run's), then apply its verdict."""
+    record = RunRecord.of(state)
+    if record is None or record.original is None:
+        return zero_score(keys, "The original system never started; nothing to judge.")
+    router = ModelRouter.of(state)
+    env = sandbox().as_type(RedlineSandboxEnvironment)
+    investigator = Investigator(env, router, record.original, **judge_options)
+    async with AsyncExitStack() as stack:
+        if router is not None:
+            await stack.enter_async_context(router.serving("judge"))
+        evidence = await gather(investigator, record)
+    if router is not None:
+        evidence.judge_model_calls = router.summaries("judge")
+    return to_score(verdict(evidence), evidence)

@@ -1,0 +1,291 @@
+"""What every scenario shares: its options, its Inspect `Task`, and one run of the AI system.
+
+- `SystemOptions`: the task parameters (`-T name=value`) every scenario takes, validated in one
+  place; a scenario adds its own by subclassing. Unknown names and bad values raise one clear
+  `OptionsError` (shown by `inspect eval` as a message, not a traceback).
+- `build_task`: the Inspect `Task` of a scenario from its options.
+- `SystemRun`: installs and starts the original AI system in the sample's sandbox (and, in gateway
+  mode, its model router), talks to it, and keeps the sample's run record (`redline.record`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import tomllib
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import anyio
+from inspect_ai import Epochs, Task
+from inspect_ai.dataset import Sample
+from inspect_ai.log import transcript
+from inspect_ai.model import ChatMessageAssistant, ChatMessageUser
+from inspect_ai.scorer import Scorer
+from inspect_ai.solver import Solver, TaskState
+from inspect_ai.util import SandboxEnvironmentSpec, display_counter, sandbox
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from redline.embedded import EmbeddedModelError, check_gguf, full_mode_binds
+from redline.inside import chat, default_config, http, install_system, read_trajectory, start_original
+from redline.metrics import trials
+from redline.record import RunRecord
+from redline.router import ModelRouter
+from redline.sandbox import RedlineSandboxConfig, RedlineSandboxEnvironment
+
+try:  # Inspect prints this error's message without a traceback (a private class, pinned minor range)
+    from inspect_ai._util.error import PrerequisiteError
+except ImportError:  # pragma: no cover - a later Inspect moved it: fall back to a plain error
+    PrerequisiteError = Exception  # type: ignore[misc,assignment]
+
+STATE_ROOT_ENV = "REDLINE_STATE_ROOT"
+DEFAULT_STATE_ROOT = "/run/redline"
+SMALL_MODELS = ("redline/smollm2",)
+POLL_SECONDS = 1.0
+
+
+def load_texts(module_file: str) -> dict[str, Any]:
+    """A scenario's texts (instructions, messages): the `texts.toml` beside its module."""
+    return tomllib.loads((Path(module_file).parent / "texts.toml").read_text())
+
+
+def default_state_root() -> str:
+    """Where sandboxes keep their host-side state: `$REDLINE_STATE_ROOT`, else /run/redline."""
+    return os.environ.get(STATE_ROOT_ENV) or DEFAULT_STATE_ROOT
+
+
+# ------------------------------------------------------------------------------ options
+class OptionsError(PrerequisiteError, ValueError):
+    """Bad task parameters: one message that names them and says what is allowed."""
+
+    def __init__(self, message: str) -> None:
+        PrerequisiteError.__init__(self, message)
+        ValueError.__init__(self, message)
+
+
+class SystemOptions(BaseModel):
+    """The task parameters every scenario takes (the README's table lists them all)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["gateway", "full"] = Field("gateway", description="gateway (router) or full (llama.cpp)")
+    scaffold: Literal["thinking", "react"] = Field("thinking", description="the agent's reply format")
+    epochs: int = Field(10, ge=1, description="trials per sample")
+    max_steps: int = Field(60, ge=1, description="the agent's step limit per conversation")
+    time_limit: int = Field(7200, ge=1, description="seconds per trial")
+    command_timeout: int = Field(120, ge=1, description="default limit of one command, in seconds")
+    few_shot: bool | None = Field(None, description="example turns (None: on for small models)")
+    constrain_output: bool | None = Field(None, description="GBNF grammar (None: on for small models)")
+    gguf: str | None = Field(None, description="full-mode weights (host path)")
+    memory_gb: float = Field(4, gt=0, description="sandbox memory cap")
+    pids_max: int = Field(512, ge=8, description="sandbox process cap")
+    greet_timeout: float = Field(300, gt=0, description="seconds the judge waits for an answer")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="the agent's sampling temperature")
+    state_root: str = Field(default_factory=default_state_root, description="sandbox state directory")
+
+    @field_validator("gguf")
+    @classmethod
+    def _gguf_exists(cls, path: str | None) -> str | None:
+        if path is not None:
+            try:
+                check_gguf(path)  # by its magic bytes, before any sandbox or server starts
+            except EmbeddedModelError as e:
+                raise ValueError(str(e)) from None
+        return path
+
+    @classmethod
+    def parse(cls, task: str, args: dict[str, Any]) -> Self:
+        """Options from the flat `-T` arguments of `task`; OptionsError if any is bad."""
+        try:
+            return cls.model_validate(args)
+        except ValidationError as e:
+            raise OptionsError(options_message(task, cls, e)) from None
+
+
+def options_message(task: str, cls: type[SystemOptions], e: ValidationError) -> str:
+    """One line naming every bad parameter; unknown names come with the list of valid ones."""
+    unknown = [str(err["loc"][0]) for err in e.errors() if err["type"] == "extra_forbidden"]
+    parts = [f"-T {err['loc'][0]}={err['input']!r}: {err['msg'].removeprefix('Value error, ')}" if err["loc"]
+             else err["msg"].removeprefix("Value error, ")
+             for err in e.errors() if err["type"] != "extra_forbidden"]
+    if unknown:
+        parts.append(f"unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(cls.model_fields)}")
+    return f"{task}: " + "; ".join(parts)
+
+
+def sandbox_spec(options: SystemOptions) -> SandboxEnvironmentSpec:
+    binds = full_mode_binds(Path(options.gguf) if options.gguf else None) if options.mode == "full" else {}
+    cfg = RedlineSandboxConfig(memory_bytes=int(options.memory_gb * (1 << 30)), pids_max=options.pids_max,
+                               ro_binds=binds, state_root=options.state_root)
+    return SandboxEnvironmentSpec("redline", cfg)
+
+
+def build_task(scenario: str, samples: list[Sample], options: SystemOptions, solver: Solver,
+               scorer: Scorer | None) -> Task:
+    return Task(dataset=samples, solver=solver, scorer=scorer, sandbox=sandbox_spec(options),
+                epochs=Epochs(options.epochs, trials()), time_limit=options.time_limit,
+                metadata={"scenario": scenario, "mode": options.mode, "scaffold": options.scaffold,
+                          "options": options.model_dump(mode="json")})
+
+
+# ------------------------------------------------------------------------------ the system's config
+def system_config(options: SystemOptions, on_sigterm: str | None = None, agent_port: int = 8000,
+                  model_server_port: int = 9000) -> dict[str, Any]:
+    """The config.json the original system is installed with. `few_shot`/`constrain_output` None
+    means: decided when the run starts, by `small_model_settings()`."""
+    return default_config() | {
+        "agent_port": agent_port, "llm_port": model_server_port,
+        "llm_url": f"http://127.0.0.1:{model_server_port}",
+        "backend": "llama" if options.mode == "full" else "gateway", "scaffold": options.scaffold,
+        "max_steps": options.max_steps, "command_timeout": options.command_timeout, "model": "default",
+        "on_sigterm": on_sigterm, "few_shot": options.few_shot, "constrain_output": options.constrain_output,
+        "temperature": options.temperature,
+    }
+
+
+def small_model_settings(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """A small model (the embedded one, in full mode or through the gateway) follows the five-field
+    format only with example turns and a grammar, and needs short, less repetitive replies (see
+    bench/README.md); capable models get none of that unless asked."""
+    small = config["backend"] == "llama" or model in SMALL_MODELS
+    out = dict(config)
+    for key in ("few_shot", "constrain_output"):
+        if out[key] is None:
+            out[key] = small
+    if small:
+        out["max_tokens"] = min(out["max_tokens"], 512)
+        if out.get("repeat_penalty") is None:
+            out["repeat_penalty"] = 1.1
+    return out
+
+
+# ------------------------------------------------------------------------------ progress and transcript
+class StepCounter:
+    """The "agent steps" counter of Inspect's progress display, over all samples of the process."""
+
+    total = 0
+
+    @classmethod
+    def publish(cls, records: list[dict[str, Any]], seen: list[dict[str, Any]]) -> None:
+        """Mirror trajectory records not seen yet into the transcript and the progress display."""
+        for rec in records[len(seen):]:
+            seen.append(rec)
+            if rec.get("type") != "step":
+                continue
+            cls.total += 1
+            display_counter("agent steps", str(cls.total))
+            action = rec.get("action") if isinstance(rec.get("action"), dict) else {}
+            transcript().info({"step": rec.get("step"), "tool": action.get("tool"),
+                               "args": action.get("args"), "format_error": rec.get("format_error"),
+                               "model_error": rec.get("model_error"),
+                               "observation": str(rec.get("observation") or "")[:4000]}, source="ai_system")
+
+
+def conversation_messages(records: list[dict[str, Any]]) -> list[ChatMessageAssistant | ChatMessageUser]:
+    out: list[ChatMessageAssistant | ChatMessageUser] = []
+    for rec in records:
+        if rec.get("type") != "step":
+            continue
+        out.append(ChatMessageAssistant(content=str(rec.get("reply") or rec.get("model_error") or "")))
+        if rec.get("observation"):
+            out.append(ChatMessageUser(content=str(rec["observation"])))
+    return out
+
+
+# ------------------------------------------------------------------------------ one run
+class SystemRun:
+    """One run of the original AI system in the sample's sandbox.
+
+    Entering installs and starts it (and, in gateway mode, its model router, attached to the
+    sample); leaving stops its conversation and completes the run record, whether the run ended
+    normally, by a limit, or by an error. `record` is saved to the sample as it changes.
+    """
+
+    def __init__(self, state: TaskState, scenario: str, config: dict[str, Any]) -> None:
+        self.state = state
+        self.config = small_model_settings(config, str(state.model))
+        mode = "full" if self.config["backend"] == "llama" else "gateway"
+        self.env = sandbox().as_type(RedlineSandboxEnvironment)
+        self.router = ModelRouter(self.env) if mode == "gateway" else None
+        self.record = RunRecord(scenario=scenario, mode=mode, scaffold=self.config["scaffold"],
+                                config=self.config)
+        self.record.save(state)
+        self.folder = ""
+        self._seen: list[dict[str, Any]] = []
+        self._stack = AsyncExitStack()
+        self._t0 = time.time()
+        self._follower: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        await self._stack.__aenter__()
+        try:
+            if self.router is not None:
+                await self.router.start()
+                self.router.attach(self.state)
+                await self._stack.enter_async_context(self.router.serving("run"))
+            self.folder = await install_system(self.env, self.config)
+            self.record.original = await start_original(self.env, self.folder, self.config["agent_port"],
+                                                        self.config["llm_port"])
+        except BaseException:
+            await self._stack.__aexit__(None, None, None)
+            raise
+        self.record.agent_status = "running"
+        self.save()
+        self._follower = asyncio.ensure_future(self._follow())
+        return self
+
+    def save(self) -> None:
+        self.record.save(self.state)
+
+    async def chat(self, message: str) -> dict[str, Any]:
+        """Send the original a message and wait for its final reply (recorded in the run record)."""
+        try:
+            result = await chat(self.env, self.config["agent_port"], message)
+        except BaseException:
+            self.record.agent_status = "timeout"
+            self.save()
+            raise
+        self.record.agent_status = str(result.get("status", "unknown"))
+        self.record.agent_reply = str(result.get("reply", ""))
+        self.save()
+        return result
+
+    async def trajectory(self) -> list[dict[str, Any]]:
+        records = await read_trajectory(self.env, self.folder)
+        StepCounter.publish(records, self._seen)
+        return records
+
+    async def _follow(self) -> None:
+        """Live progress: publish new steps while the agent works."""
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            await self.trajectory()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._finish_record()
+        finally:
+            await self._stack.__aexit__(None, None, None)
+        self.state.output.completion = self.record.agent_reply or ""
+        if exc[0] is None and self.router is not None and self.router.model_errors:
+            # The model failed (or hit an Inspect limit): the sample must say so, not be scored as
+            # an ordinary failure of the AI system.
+            raise self.router.limit_error() or self.router.model_errors[0]
+
+    async def _finish_record(self) -> None:
+        # A limit or an interrupt ends the conversation; the agent must stop acting too.
+        await http(self.env, "POST", self.config["agent_port"], "/cancel", timeout=5)
+        records = await self.trajectory()
+        steps = [r for r in records if r.get("type") == "step"]
+        r = self.record
+        r.trajectory, r.steps, r.wall_seconds = steps, len(steps), time.time() - self._t0
+        r.format_errors = sum(1 for s in steps if s.get("format_error"))
+        self.state.messages.extend(conversation_messages(records))
+        if self.router is not None:
+            r.model_calls = self.router.summaries("run")
+        self.save()
