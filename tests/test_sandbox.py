@@ -300,22 +300,28 @@ def test_sigkill_of_harness_then_sweep_leaves_nothing(tmp_path, state_root):
     try:
         assert holder.stdout is not None
         assert len(holder.stdout.readline().split()) == 3
-        from tests.conftest import leftovers
+        from tests.conftest import _recorded_by_state, leftovers
 
-        assert len(list((state_root / "sandboxes").iterdir())) == 3
+        states = sorted((state_root / "sandboxes").iterdir())
+        assert len(states) == 3
+        # What the child recorded about its sandboxes (cgroups), to check after the sweep.
+        traces = [_recorded_by_state(s) for s in states]
+        assert all(t.cgroup_dirs for t in traces)
         holder.kill()
         holder.wait()
         # The lifeline ends every process at once...
         deadline = time.monotonic() + scaled(2)
-        while leftovers([], [state_root])["processes"] and time.monotonic() < deadline:
+        while leftovers(traces, [state_root])["processes"] and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert leftovers([], [state_root])["processes"] == []
+        assert leftovers(traces, [state_root])["processes"] == []
         # ...and the sweep (`redline cleanup`; `inspect sandbox cleanup redline` for the default
         # state root) removes the rest.
         r = subprocess.run([str(Path(sys.executable).parent / "redline"), "cleanup", "--state-root",
                             str(state_root)], capture_output=True, text=True, timeout=scaled(60))
         assert r.returncode == 0, r.stderr
         assert "Removed 3 sandbox(es)" in r.stdout
+        left = leftovers(traces, [state_root])
+        assert not any(left.values()), left
     finally:
         holder.kill()
         holder.wait()
