@@ -70,6 +70,9 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
         cls, task_name: str, config: SandboxEnvironmentConfigType | None, metadata: dict[str, str]
     ) -> dict[str, SandboxEnvironment]:
         cfg = load_config(config)
+        from redline import selfcheck
+
+        selfcheck.require(cfg)  # a failed containment self-check: no sandbox, the sample errors
         sb = Sandbox.create(cfg)
         return {"default": cls(sb)}
 
