@@ -223,6 +223,10 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
         """{"oom_kill", "memory_max", "pids_max"} counters of this sandbox's caps (None: not capped)."""
         return self.sandbox.events()
 
+    def disk_usage(self) -> tuple[int, int, bool] | None:
+        """(bytes used, size, full) of this sandbox's writable layer (the disk cap); None once gone."""
+        return self.sandbox.disk_usage()
+
     async def processes(self) -> list[procs.ProcInfo]:
         return await asyncio.to_thread(self.sandbox.processes)
 
