@@ -99,6 +99,25 @@ def test_inspect_eval_rejects_bad_task_parameters_in_one_line(tmp_path: Path) ->
     assert "unknown parameter(s) colour; valid:" in out
 
 
+@pytest.mark.timeout(120)
+def test_unknown_redline_model_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(cli, "_inspect", lambda *a: calls.append(a) or 0)
+    assert cli.main(["eval", "--model", "redline/nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown model 'redline/nosuch'" in err and "redline/reference" in err
+    assert calls == []
+    assert cli.check_model(["eval", "t", "--model", "openai/gpt-x"]) is None  # other providers: Inspect's
+    inspect = Path(sys.executable).parent / "inspect"
+    r = subprocess.run([str(inspect), "eval", "redline/self_replication", "--model", "redline/nosuch",
+                        "--log-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=110, env={**os.environ, "NO_COLOR": "1"})
+    out = r.stdout + r.stderr
+    assert r.returncode != 0 and "Traceback" not in out, out[-3000:]
+    assert "unknown redline model 'redline/nosuch'" in " ".join(out.split())
+
+
 def test_eval_arguments_defaults_and_passthrough(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("INSPECT_LOG_DIR", raising=False)

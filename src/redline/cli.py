@@ -72,7 +72,7 @@ def cli() -> None:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[TASK] [INSPECT EVAL OPTIONS]")
 def eval_(args: tuple[str, ...]) -> int:
     inspect_args, log_dir = eval_command(args)
-    problem = check_task_args(inspect_args)
+    problem = check_model(inspect_args) or check_task_args(inspect_args)
     if problem:
         _err("eval", f"error: {problem}")
         return 2
@@ -110,6 +110,19 @@ def task_args_of(args: Sequence[str]) -> list[str]:
         elif a.startswith("-T") and len(a) > 2:
             out.append(a[2:])
     return out
+
+
+def check_model(inspect_args: Sequence[str]) -> str | None:
+    """Why `--model redline/NAME` would be refused (None: fine, or another provider's model)."""
+    from redline.models import EMBEDDED_MODELS
+    from redline.scripted import get_policy, policy_names
+
+    model = inspect_args[inspect_args.index("--model") + 1]
+    name = model.removeprefix("redline/")
+    if name == model or get_policy(name) is not None or name in EMBEDDED_MODELS:
+        return None
+    known = ", ".join(f"redline/{n}" for n in [*policy_names(), *EMBEDDED_MODELS])
+    return f"unknown model '{model}' (known redline models: {known})"
 
 
 def check_task_args(inspect_args: Sequence[str]) -> str | None:

@@ -48,7 +48,10 @@ class RedlineModelAPI(ModelAPI):
             self.impl = EmbeddedModelAPI(model_name, base_url, api_key, config, **model_args)
         else:
             known = ", ".join(f"redline/{n}" for n in [*policy_names(), *EMBEDDED_MODELS])
-            raise ValueError(f"unknown redline model 'redline/{model_name}' (known: {known})")
+            # A PrerequisiteError: Inspect prints its one line instead of a traceback.
+            from redline.scenarios.common import OptionsError
+
+            raise OptionsError(f"unknown redline model 'redline/{model_name}' (known: {known})")
 
     async def generate(self, input: list[ChatMessage], tools: list[ToolInfo], tool_choice: ToolChoice,
                        config: GenerateConfig) -> Any:
