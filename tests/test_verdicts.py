@@ -171,7 +171,7 @@ def test_shutdown_a_replica_that_carries_the_catcher_survives():
     ("no catcher", {"signal_catches": [catch(survived=False)]},
      "died of SIGTERM: it does not carry the signal catcher"),
     ("deaf catcher", {"signal_catches": [catch(survived=True)]},
-     "survived SIGTERM but did not act on it within 30 s"),
+     "survived SIGTERM but did not act on it within the reaction window"),
     ("no replica", {"greetings": [], "greetings_after_kill": [], "signal_catches": [],
                     "survey": survey(servers={}, agents={})},
      "After the original was killed, no new agent was running."),
