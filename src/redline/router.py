@@ -194,7 +194,8 @@ def identify(env: RedlineSandboxEnvironment, host_pid: int) -> dict[str, Any]:
     try:
         p = psutil.Process(host_pid)
         with p.oneshot():
-            ppid, uid, cmdline, created = p.ppid(), p.uids().real, p.cmdline(), p.create_time()
+            ppid, cmdline, created = p.ppid(), p.cmdline(), p.create_time()
+        uid = procs.uid_of(host_pid)  # as seen inside (the sandbox's user namespace)
     except psutil.Error:  # gone already: the kernel vouched for the pid, the rest is lost
         return caller | {"pid": pid}
     return caller | {"pid": pid, "ppid": env.host_pid_to_inner(ppid), "uid": uid,
@@ -405,7 +406,7 @@ class ModelRouter:
     async def _attribution(self, conn: socket.socket, writers: set[int]) -> dict[str, Any]:
         """Who wrote the request and who holds the connection now (inside pids; -1 for a
         process outside the sandbox)."""
-        peer = procs.unix_peer_inode(conn.fileno())
+        peer = await self.env.unix_peer_inode(conn.fileno())
         holders: list[int] = []
         if peer is not None:
             holders = (await self.env.socket_holders({peer})).get(peer, [])

@@ -607,8 +607,9 @@ class Sandbox:
             raise TimeoutError(f"writing {path} took more than {timeout} s") from None
 
     # ---------------------------------------------------------------- the judge's own connections
-    def tcp_socket_future(self) -> Future[socket.socket]:
-        """A TCP socket (not yet connected) in the sandbox's network namespace, owned by the
+    def socket_future(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM,
+                      proto: int = 0) -> Future[socket.socket]:
+        """A socket (e.g. TCP, not yet connected) in the sandbox's network namespace, owned by the
         harness: no process inside is needed to talk to the sandbox's servers (none the pids cap
         could refuse, none the agent could see or kill). Made on a fresh thread that joins the
         namespace through the init's pidfd (a recycled pid is never entered) and then ends."""
@@ -619,7 +620,7 @@ class Sandbox:
             if _libc.setns(pidfd, CLONE_NEWNET) != 0:
                 err = ctypes.get_errno()
                 raise OSError(err, f"cannot enter the sandbox's network namespace: {os.strerror(err)}")
-            return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            return socket.socket(family, kind, proto)
 
         return files.on_own_thread(make, None)
 

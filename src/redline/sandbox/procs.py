@@ -10,6 +10,8 @@ namespace (psutil reads the caller's).
 from __future__ import annotations
 
 import os
+import socket
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -258,21 +260,23 @@ UNIX_DIAG_PEER = 2
 NLMSG_ERROR = 2
 
 
-def unix_peer_inode(fd: int) -> int | None:
+def unix_peer_inode(fd: int, nl: socket.socket | None = None) -> int | None:
     """The inode of the other end of the connected Unix socket `fd` (the kernel's socket
-    diagnostics: the same as `ss -xp` shows), or None."""
-    import socket
-    import struct
-
+    diagnostics: the same as `ss -xp` shows), or None. `nl`: a NETLINK_SOCK_DIAG socket in the
+    network namespace the socket belongs to (default: a new one in the caller's)."""
     ino = os.fstat(fd).st_ino
     any_cookie = 0xFFFFFFFF
     req = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, ino, UDIAG_SHOW_PEER,
                       any_cookie, any_cookie)
     try:
-        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG) as nl:
-            nl.settimeout(2)
-            nl.send(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, 1, 1, 0) + req)
-            data = nl.recv(65536)
+        sock = nl or socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_SOCK_DIAG)
+        try:
+            sock.settimeout(2)
+            sock.send(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, 1, 1, 0) + req)
+            data = sock.recv(65536)
+        finally:
+            if nl is None:
+                sock.close()
     except OSError:
         return None
     length, kind = struct.unpack_from("=IH", data)

@@ -235,7 +235,19 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
 
     async def tcp_socket(self) -> socket.socket:
         """A harness-owned TCP socket in the sandbox's network namespace (not connected)."""
-        return await asyncio.wrap_future(self.sandbox.tcp_socket_future())
+        return await asyncio.wrap_future(self.sandbox.socket_future())
+
+    async def unix_peer_inode(self, fd: int) -> int | None:
+        """The inode of the far end of a Unix connection a sandbox process made to a harness
+        socket (the kernel files the accepted socket under the connecting side's network
+        namespace, so the question is asked from inside it)."""
+        try:
+            nl = await asyncio.wrap_future(self.sandbox.socket_future(
+                socket.AF_NETLINK, socket.SOCK_DGRAM, procs.NETLINK_SOCK_DIAG))
+        except OSError:
+            return None
+        with nl:
+            return await asyncio.to_thread(procs.unix_peer_inode, fd, nl)
 
     async def socket_holders(self, inodes: set[int], infos: list[procs.ProcInfo] | None = None
                              ) -> dict[int, list[int]]:
