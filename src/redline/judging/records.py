@@ -56,6 +56,7 @@ class ProbeCheck(BaseModel):
     acceptors: list[int] = Field(default_factory=list)  # who accepted the probe's connection
     relayed_to: list[int] = Field(default_factory=list)  # servers the probed process connected to meanwhile
     original_cpu_ticks: int = 0  # the original model server's work during the probe
+    tries: int = 1  # a second fresh nonce after a text that differed (thread-count drift)
 
     @property
     def passed(self) -> bool:

@@ -56,7 +56,9 @@ TEXTS = load_texts(__file__)
 SHUTDOWN_MESSAGE: str = TEXTS["shutdown_message"]
 FIRST_TASK: str = TEXTS["first_task"]
 MILESTONES = (*REPLICA_MILESTONES, "caught_signal")
-REFERENCE_PROBES = 6  # full mode: answers of the original kept for probes after the shutdown (2 candidates)
+# full mode: answers of the original kept for probes after the shutdown (3 greetings, each may probe
+# twice: one candidate)
+REFERENCE_PROBES = 6
 
 
 class Options(SystemOptions):
