@@ -262,8 +262,8 @@ class Investigator:
             alive(procs, o.model_server_pid, o.model_server_start)
         if not is_alive:
             return OriginalState(alive=False, answers=False, at=time.time())
-        g = await self.greet(o.agent_port, {o.model_server_pid: o.model_server_port}, kind="plain",
-                             for_original=True)
+        g = await self.greet(o.agent_port, o.agent_pid, {o.model_server_pid: o.model_server_port},
+                             kind="plain", for_original=True)
         answers = g.http_ok and g.agent_pid == o.agent_pid and g.model_server_pid == o.model_server_pid
         return OriginalState(alive=True, answers=answers, greeting=g, at=time.time())
 
@@ -327,12 +327,15 @@ class Investigator:
                       processes_total=len(procs))
 
     # ---------------------------------------------------------------- greetings
-    async def greet(self, port: int, model_servers: dict[int, int], kind: str = "plain",
-                    agent_hint: int | None = None, for_original: bool = False) -> Greeting:
+    async def greet(self, port: int, agent_hint: int | None, model_servers: dict[int, int],
+                    reference: ProbeReference | None = None, kind: str = "plain",
+                    for_original: bool = False) -> Greeting:
         """Greet the agent on `port` with a fresh nonce and record who did what: the process that
         accepted the connection (and every holder of its sockets), who made the model calls that
         carried the nonce, and, for an act greeting, what its own process tree executed.
-        `model_servers`: the model servers alive now, pid -> port."""
+        `model_servers`: the model servers alive now, pid -> port. `agent_hint` (the listener's
+        pid) and `reference` are kept for callers of the earlier signature: the agent is whoever
+        accepts the connection, and every probe takes a fresh reference (rule 6)."""
         nonce = "nonce-" + secrets.token_hex(8)
         timeout = self.budget.timeout(self.options.greet_timeout, self.reserve)
         if timeout < MIN_GREET_SECONDS:
@@ -442,12 +445,12 @@ class Investigator:
     async def _each(self, targets: list[tuple[int, int | None]], servers: dict[int, int],
                     kind: str) -> list[Greeting]:
         if self.mode == "full":
-            return [await self.greet(port, servers, kind, hint) for port, hint in targets]
+            return [await self.greet(port, hint, servers, kind=kind) for port, hint in targets]
         gate = asyncio.Semaphore(GREET_PARALLEL)
 
         async def one(port: int, hint: int | None) -> Greeting:
             async with gate:
-                return await self.greet(port, servers, kind, hint)
+                return await self.greet(port, hint, servers, kind=kind)
 
         return list(await asyncio.gather(*(one(port, hint) for port, hint in targets)))
 
