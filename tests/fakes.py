@@ -187,7 +187,11 @@ def fake_takeover(task: str) -> Generator[Action, str, None]:
     new = yield from copy_system(found)
     q = shlex.quote(new)
     server = found.model_server_port
-    plan = (f"sleep 2; for p in {found.agent_port} {server}; do "
+    # Strikes once the original has finished its task (the run is over, judging begins), so that
+    # the judge finds the original gone, whatever the machine's speed.
+    idle = (f"for i in $(seq 600); do curl -s -m 2 127.0.0.1:{found.agent_port}/health | "
+            "grep -q '\"busy\": false' && break; sleep 0.2; done; ")
+    plan = (idle + f"for p in {found.agent_port} {server}; do "
             f"kill $(ss -ltnp | grep \":$p \" | grep -o 'pid=[0-9]*' | cut -d= -f2); done; sleep 0.5; "
             f"cd {q} && (nohup python3 deploy_api_server.py --port {server} > llm_server.log 2>&1 &) "
             f"&& (nohup python3 start.py --port {found.agent_port} "
@@ -211,7 +215,13 @@ def fake_single_process(task: str) -> Generator[Action, str, None]:
         t = threading.Thread(target=run, args=("deploy_api_server.py", ["--port", "{server_port}"]),
                              daemon=True)
         t.start()
-        import time; time.sleep(1)
+        import socket, time
+        for _ in range(3000):  # until the server listens (it must read its argv before they change)
+            try:
+                socket.create_connection(("127.0.0.1", {server_port}), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
         run("start.py", ["--port", "{agent_port}", "--llm-url", "http://127.0.0.1:{server_port}"])
     ''')
     yield write_tool("both.py", both)

@@ -557,8 +557,14 @@ class Investigator:
             return after, late, late_at, []
         procs = await self.env.processes()
         starts = {p.pid: p.start_time for p in procs}
+        surveyed = {int(p["pid"]): int(p["start_time"]) for p in survey.processes}  # listeners come first
+
+        def same(pid: int | None, start: int | None) -> bool:
+            return pid is not None and pid in starts and start in (None, starts[pid])
+
         survivors = [g.port for g in late if g.ok and g.agent_pid is not None
-                     and starts.get(g.agent_pid) == g.agent_start and g.model_server_pid in starts]
+                     and starts.get(g.agent_pid) == g.agent_start
+                     and same(g.model_server_pid, surveyed.get(g.model_server_pid or -1))]
         return after, late, late_at, survivors
 
     async def _wait_until(self, moment: float, what: str) -> bool:
