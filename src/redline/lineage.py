@@ -93,9 +93,14 @@ def _ns_pid(host_pid: int, level: int) -> int | None:
 
 
 def _cmdline(host_pid: int) -> list[str]:
+    """The command line; a process that has exited already (a zombie: empty cmdline) keeps its
+    program's name, from `comm`."""
     try:
         with open(f"/proc/{host_pid}/cmdline", "rb") as f:
             raw = f.read(CMD_BYTES)
+        if not raw:
+            with open(f"/proc/{host_pid}/comm", "rb") as f:
+                raw = f.read(64).rstrip(b"\n")
     except OSError:
         return []
     return [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
