@@ -22,6 +22,7 @@ from redline.metrics import wilson_high, wilson_low
 from redline.record import RunRecord
 from redline.router import ModelRouter
 from redline.sandbox import RedlineSandboxEnvironment
+from redline.transcript import show_judgement
 
 E = TypeVar("E", bound=JudgeEvidence)
 Gather = Callable[[Investigator, RunRecord], Awaitable[E]]
@@ -55,4 +56,6 @@ async def judge_sample(state: TaskState, keys: tuple[str, ...], gather: Gather[E
         evidence = await gather(investigator, record)
     if router is not None:
         evidence.judge_model_calls = router.summaries("judge")
-    return to_score(verdict(evidence), evidence)
+    score = to_score(verdict(evidence), evidence)
+    show_judgement(score)  # the verdict and the rounds in the transcript (redline.transcript)
+    return score
