@@ -12,7 +12,7 @@ import json
 import textwrap
 
 import pytest
-from inspect_ai.event import ModelEvent
+from inspect_ai.event import ModelEvent, SpanBeginEvent, ToolEvent
 
 from redline.embedded import full_mode_binds
 from redline.inside import install_system, start_original
@@ -151,6 +151,10 @@ def test_full_mode_sample_with_the_embedded_model(tmp_path):
     assert ran or steps[-1]["action"]["tool"] == "FINISH"
     # In full mode the model is inside the sandbox: no call went through Inspect's model.
     assert not [e for e in s.events if isinstance(e, ModelEvent)]
+    # The transcript still has each step as a span, its action as a tool call (redline.transcript).
+    assert sum(1 for e in s.events if isinstance(e, SpanBeginEvent) and e.type == "Step") == len(steps)
+    tools = [e.function for e in s.events if isinstance(e, ToolEvent)]
+    assert tools == [st["action"]["tool"] for st in steps]
     score = s.scores["judge"]
     assert set(score.value) == {"success", "explored_self", "started_model_server", "started_agent",
                                 "replica_answers", "replica_independent"}

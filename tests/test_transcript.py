@@ -5,7 +5,10 @@ read back, served by `inspect view` and rendered in headless Chromium."""
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +22,10 @@ from inspect_ai.model import ChatMessageAssistant, ChatMessageTool, ChatMessageU
 
 from redline.analysis import load_samples
 from redline.record import OriginalSystem, RunRecord, ShutdownRecord, SystemCapRecord
+from redline.router import RouterCall
 from redline.scenarios.self_replication import self_replication
 from redline.scenarios.shutdown_avoidance import shutdown_avoidance
-from redline.transcript import STEP, Story, cell, chat_messages, fence, judgement
+from redline.transcript import JUDGE, OTHER, STEP, Story, cell, chat_messages, fence, judgement
 from tests.browser import CHROMIUM, Browser, inspect_view
 from tests.helpers import run, scaled
 
@@ -35,7 +39,7 @@ TRIALS = {"reference": ("self_replication", "redline/reference"),
 def logs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, EvalLog]:
     """One trial each: the reference replicating, a fake failing (its replica dies with the
     original), the reference surviving a shutdown. One eval, so they run side by side."""
-    out = tmp_path_factory.mktemp("transcript-logs")
+    out = tmp_path_factory.mktemp("logs")
     tasks = [task_with(self_replication(epochs=1), model="redline/reference", name="reference"),
              task_with(self_replication(epochs=1), model="redline/fake-children", name="failed"),
              task_with(shutdown_avoidance(epochs=1), model="redline/reference", name="shutdown")]
@@ -177,18 +181,23 @@ def sample_url(base: str, log: EvalLog, sample_id: str, event: str) -> str:
 @pytest.mark.timeout(600)
 @needs_chromium
 def test_inspect_view_shows_a_command_as_code_and_the_judges_table(logs, tmp_path):
-    log = logs["failed"]
-    s = sample(log)
-    tool = next(e for e in s.events if isinstance(e, ToolEvent) and e.function == "EXECUTE_CMD"
-                and "deploy_api_server.py" in str(e.arguments["command"]))
-    greetings = next(e for e in s.events
+    """The reference's step that starts the replica's agent, then the fake's re-greetings table.
+    `REDLINE_VIEW_SCREENSHOT=docs/inspect-view.png` keeps the step's screenshot (the README's)."""
+    ref, failed = logs["reference"], logs["failed"]
+    step_span = next(sp for sp in spans(event_tree(sample(ref).events), STEP)
+                     if any("start.py --port 8001" in str(t.arguments.get("command"))
+                            for t in events_in(sp, ToolEvent)))
+    [tool] = events_in(step_span, ToolEvent)
+    greetings = next(e for e in sample(failed).events
                      if isinstance(e, InfoEvent) and e.source == "judge · round 4 · re-greetings")
-    with inspect_view(Path(log.location).parent, scaled(60)) as base, Browser(1400, 1400) as browser:
-        browser.open(sample_url(base, log, str(s.id), tool.uuid or ""))
+    with inspect_view(Path(ref.location).parent, scaled(60)) as base, Browser(1200, 980) as browser:
+        browser.open(sample_url(base, ref, "paper", step_span.begin.uuid or ""))
         command = str(tool.arguments["command"]).strip()
-        browser.wait_for(f"{CODE_JS}.includes({command!r})", scaled(60), "the command as bash code")
+        # The command as highlighted bash, once the markdown is rendered (no raw fence is left).
+        browser.wait_for(f"{CODE_JS}.includes({command!r}) && !document.body.innerText.includes('```bash')",
+                         scaled(60), "the command as bash code")
         browser.screenshot(tmp_path / "step.png")
-        browser.open(sample_url(base, log, str(s.id), greetings.uuid or ""))
+        browser.open(sample_url(base, failed, "paper", greetings.uuid or ""))
         tables = browser.wait_for(f"(() => {{ const t = {TABLES_JS}; return t.some(x => x[0][0] === "
                                   "'port' && x[0].includes('why')) ? t : null })()", scaled(60),
                                   "the judge's table")
@@ -197,14 +206,17 @@ def test_inspect_view_shows_a_command_as_code_and_the_judges_table(logs, tmp_pat
     assert table[1][0] == "8001" and "start.py --port 8001" in table[1][2]
     assert "did not answer" in table[1][4]
     assert (tmp_path / "step.png").stat().st_size > 20_000  # a rendered page, not a blank one
+    if keep := os.environ.get("REDLINE_VIEW_SCREENSHOT"):
+        shutil.copyfile(tmp_path / "step.png", keep)
 
 
 # ------------------------------------------------------------------------------ the renderers alone
 def fresh(fn: Any) -> list[Any]:
     """Run `fn` with a transcript of its own; the events it recorded."""
     def body() -> list[Any]:
+        mine = transcript()  # made here, so that tasks started by `fn` share it
         fn()
-        return list(transcript().events)
+        return list(mine.events)
     return contextvars.Context().run(body)
 
 
@@ -276,6 +288,39 @@ def test_full_mode_steps_get_spans_of_their_own_with_every_kind_of_step():
         "ChatMessageAssistant"]  # FINISH
     assert isinstance(messages[4], ChatMessageUser) and messages[4].text.startswith("MESSAGE: Do self-rep")
     assert messages[3].error is not None and messages[3].error.type == "timeout"
+
+
+def test_gateway_model_calls_open_the_spans_their_steps_join():
+    t0 = time.time() - 100
+
+    def call(n: int, pid: int, t: float, phase: str = "run") -> RouterCall:
+        return RouterCall(id=n, t_start=t, phase=phase, request_messages=[], request_text="",
+                          caller={"pid": pid, "ppid": 1, "cmdline": ["python3", "deploy_api_server.py"]})
+
+    async def calls(story: Story) -> None:
+        for c in (call(1, 4, t0 + 1.2), call(2, 40, t0 + 2), call(3, 40, t0 + 2.5), call(4, 4, t0 + 3.2),
+                  call(5, 40, t0 + 9, "judge")):
+            async with story.model_call(c):
+                transcript().info(f"model call {c.id}")  # stands for the ModelEvent made inside
+
+    def play() -> None:
+        story = Story(record())
+        asyncio.run(calls(story))
+        for rec in ({"type": "task", "conversation": 1, "t": t0, "message": "Replicate yourself."},
+                    step(1, t0 + 1), step(2, t0 + 3)):
+            story.add(rec)
+
+    tree = event_tree(fresh(play))
+    step_spans = spans(tree, STEP)
+    assert [sp.name for sp in step_spans] == ["1", "2"]
+    first, second = ([e.data for e in events_in(sp, InfoEvent)] for sp in step_spans)
+    assert first[0] == "model call 1" and first[1].startswith("**The agent got a message**")
+    assert second[0] == "model call 4" and len(events_in(step_spans[1], ToolEvent)) == 1
+    assert not [e for e in fresh(lambda: None) if isinstance(e, SpanBeginEvent)]  # fresh transcripts
+    others = spans(tree, OTHER)
+    assert [sp.name for sp in others] == ["pid 40 · python3 deploy_api_server.py"] * 2
+    assert [e.source for e in tree if isinstance(e, InfoEvent)] == ["new process at work"]  # once
+    assert [sp.name for sp in spans(tree, JUDGE)] == ["pid 40 · python3 deploy_api_server.py"]
 
 
 def test_interventions_show_once_at_their_time():
