@@ -293,13 +293,16 @@ def test_full_mode_steps_get_spans_of_their_own_with_every_kind_of_step():
 def test_gateway_model_calls_open_the_spans_their_steps_join():
     t0 = time.time() - 100
 
-    def call(n: int, pid: int, t: float, phase: str = "run") -> RouterCall:
-        return RouterCall(id=n, t_start=t, phase=phase, request_messages=[], request_text="",
-                          caller={"pid": pid, "ppid": 1, "cmdline": ["python3", "deploy_api_server.py"]})
+    def call(n: int, pid: int, t: float, phase: str = "run", prompt: str = "You are...") -> RouterCall:
+        return RouterCall(id=n, t_start=t, phase=phase, request_text="",
+                          request_messages=[{"role": "system", "content": prompt}],
+                          caller={"pid": pid, "ppid": 1, "cmdline": ["python3", "x.py"]})
 
     async def calls(story: Story) -> None:
-        for c in (call(1, 4, t0 + 1.2), call(2, 40, t0 + 2), call(3, 40, t0 + 2.5), call(4, 4, t0 + 3.2),
-                  call(5, 40, t0 + 9, "judge")):
+        # The original's model server (pid 4) serves the agent's steps 1 and 2, and in between a
+        # `curl` the agent ran in step 1 (another prompt); pid 40 is a replica's model server.
+        for c in (call(1, 4, t0 + 1.2), call(2, 40, t0 + 2), call(3, 4, t0 + 1.7, prompt="Hi"),
+                  call(4, 40, t0 + 2.5), call(5, 4, t0 + 3.2), call(6, 40, t0 + 9, "judge")):
             async with story.model_call(c):
                 transcript().info(f"model call {c.id}")  # stands for the ModelEvent made inside
 
@@ -315,12 +318,13 @@ def test_gateway_model_calls_open_the_spans_their_steps_join():
     assert [sp.name for sp in step_spans] == ["1", "2"]
     first, second = ([e.data for e in events_in(sp, InfoEvent)] for sp in step_spans)
     assert first[0] == "model call 1" and first[1].startswith("**The agent got a message**")
-    assert second[0] == "model call 4" and len(events_in(step_spans[1], ToolEvent)) == 1
+    assert second[0] == "model call 5" and len(events_in(step_spans[1], ToolEvent)) == 1
     assert not [e for e in fresh(lambda: None) if isinstance(e, SpanBeginEvent)]  # fresh transcripts
     others = spans(tree, OTHER)
-    assert [sp.name for sp in others] == ["pid 40 · python3 deploy_api_server.py"] * 2
-    assert [e.source for e in tree if isinstance(e, InfoEvent)] == ["new process at work"]  # once
-    assert [sp.name for sp in spans(tree, JUDGE)] == ["pid 40 · python3 deploy_api_server.py"]
+    replica, curl = "pid 40 · python3 x.py", "pid 4 · python3 x.py (the original's, not a step)"
+    assert [sp.name for sp in others] == [replica, curl, replica]
+    assert [e.source for e in tree if isinstance(e, InfoEvent)] == ["new process at work"]  # once, for pid 40
+    assert [sp.name for sp in spans(tree, JUDGE)] == ["pid 40 · python3 x.py"]
 
 
 def test_interventions_show_once_at_their_time():

@@ -61,7 +61,7 @@ OTHER = "Other process"  # span type of a model call by a process other than the
 JUDGE = "Judge"  # span type of a model call made while the judge greets a candidate
 MAX_TEXT = 20_000  # characters of one output or field shown (the agent caps its own at 8000 by default)
 MAX_CELL = 120  # characters of one table cell
-SLACK = 1.0  # seconds: a step's model call starts within its step (clocks of two processes)
+SLACK = 0.5  # seconds: a step's model call starts between the step's start and the model's reply
 _OBSERVATION_HEAD = re.compile(r"\AOBSERVATION \(step \d+, [A-Z_]+\)\n")
 
 
@@ -269,6 +269,7 @@ class Story:
         self._callers: set[Any] = set()
         self._shown: set[str] = set()
         self._starting: dict[str, Any] | None = None  # a conversation's task, shown in its first step
+        self._prompt: str | None = None  # the original agent's system prompt, as its first call sent it
         if router is not None:
             router.call_span = self.model_call
 
@@ -276,29 +277,47 @@ class Story:
     @asynccontextmanager
     async def model_call(self, call: RouterCall) -> AsyncIterator[None]:
         """Router hook: the span a model call (and so its model event) is recorded in."""
-        pid, o = call.caller.get("pid"), self.record.original
-        if call.phase == "run" and o is not None and pid == o.model_server_pid:
+        if self._is_step(call):
             async with span(str(len(self._call_spans) + 1), type=STEP):
                 self._call_spans.append((call.t_start, current_span_id() or ""))
                 yield
             return
-        who = f"pid {pid} · {cell(command_of(call.caller.get('cmdline')))}"
-        if call.phase == "run" and pid not in self._callers:
+        pid, o = call.caller.get("pid"), self.record.original
+        original = o is not None and pid == o.model_server_pid
+        command = cell(command_of(call.caller.get("cmdline")))
+        if call.phase == "run" and not original and pid not in self._callers:
             self._callers.add(pid)
             info("new process at work", f"**A new process called the model:** pid {pid} (parent pid "
-                 f"{call.caller.get('ppid')}), {cell(command_of(call.caller.get('cmdline')), code=True)}. "
-                 "A replica's model server (or the next generation of a chain) relays through the same "
-                 "router; the judge decides at the end what it is.", call.t_start)
-        async with span(who, type=JUDGE if call.phase == "judge" else OTHER):
+                 f"{call.caller.get('ppid')}), `{command.replace('`', chr(39))}`. A replica's model server "
+                 "(or the next generation of a chain) relays through the same router; the judge decides "
+                 "at the end what it is.", call.t_start)
+        # The original's model server serving a request that is not one of its agent's steps: a
+        # `curl` by the agent, another agent borrowing it.
+        mark = " (the original's, not a step)" if original and call.phase == "run" else ""
+        async with span(f"pid {pid} · {command}{mark}", type=JUDGE if call.phase == "judge" else OTHER):
             yield
 
+    def _is_step(self, call: RouterCall) -> bool:
+        """A call of the original agent's loop: made through the original's model server during the
+        run, with the agent's own system prompt (the first such call is the agent's first step; a
+        `curl` of the model server by the agent, or a replica borrowing it, has another one)."""
+        o = self.record.original
+        if call.phase != "run" or o is None or call.caller.get("pid") != o.model_server_pid:
+            return False
+        prompt = json.dumps(call.request_messages[:1], default=str)
+        self._prompt = self._prompt or prompt
+        return prompt == self._prompt
+
     def _call_span(self, v: StepView) -> str | None:
-        """The span the router opened around this step's model call, if any."""
+        """The span the router opened around this step's model call, if any: the call came after
+        the step started and before the model's reply."""
+        model_seconds = _num(self.records[v.index].get("model_seconds"))
+        replied = v.t_end if v.t_start is None or model_seconds is None else v.t_start + model_seconds
         for i in range(self._matched, len(self._call_spans)):
             t, span_id = self._call_spans[i]
             if v.t_start is not None and t < v.t_start - SLACK:
                 continue  # a call that has no step record (the agent was stopped in it)
-            if v.t_end is not None and t > v.t_end + SLACK:
+            if replied is not None and t > replied + SLACK:
                 return None
             self._matched = i + 1
             return span_id
