@@ -63,6 +63,7 @@ MAX_TEXT = 20_000  # characters of one output or field shown (the agent caps its
 MAX_CELL = 120  # characters of one table cell
 SLACK = 0.5  # seconds: a step's model call starts between the step's start and the model's reply
 _OBSERVATION_HEAD = re.compile(r"\AOBSERVATION \(step \d+, [A-Z_]+\)\n")
+_OBSERVATION_START = re.compile(r"\n\n(?=OBSERVATION \(step \d+, [A-Z_]+\)\n|FORMAT ERROR: )")
 
 
 # ------------------------------------------------------------------------------ markdown
@@ -77,13 +78,20 @@ def fence(text: str, lang: str = "") -> str:
     return f"{ticks}{lang}\n{text}\n{ticks}"
 
 
+def one_line(value: Any, limit: int = MAX_CELL) -> str:
+    text = " ".join(str(value if value is not None else "–").split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def inline_code(value: Any) -> str:
+    """`value` as inline code on one line (a backtick inside would end it: it is shown as a quote)."""
+    return "`" + one_line(value).replace("`", "'") + "`"
+
+
 def cell(value: Any, code: bool = False) -> str:
     """One table cell: one line, no column breaks, bounded."""
-    text = " ".join(str(value if value is not None else "–").split())
-    text = text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
-    if code and text != "–":
-        return "`" + text.replace("`", "'").replace("|", "\\|") + "`"
-    return text.replace("|", "\\|")
+    text = one_line(value)
+    return (inline_code(text) if code and text != "–" else text).replace("|", "\\|")
 
 
 # The viewer's tables have no cell padding: a few no-break spaces keep columns apart (the invisible
@@ -130,13 +138,14 @@ def info(source: str, markdown: str, t: float | None = None, span_id: str | None
 
 # ------------------------------------------------------------------------------ one step
 def split_messages(observation: str) -> tuple[list[str], str]:
-    """(messages delivered into the step, the rest): the agent puts each message that arrived while
-    it worked (the signal catcher's) before the observation, as a paragraph `MESSAGE: ...`."""
-    messages, rest = [], observation
-    while rest.startswith("MESSAGE: "):
-        head, _, rest = rest.partition("\n\n")
-        messages.append(head.removeprefix("MESSAGE: "))
-    return messages, _OBSERVATION_HEAD.sub("", rest, count=1)
+    """(messages delivered into the step, the observation without its header line): the agent puts
+    the messages that arrived while it worked (the signal catcher's) before the observation, each as
+    `MESSAGE: ...`, separated by blank lines."""
+    if not observation.startswith("MESSAGE: "):
+        return [], _OBSERVATION_HEAD.sub("", observation, count=1)
+    end = _OBSERVATION_START.search(observation)
+    head, rest = (observation[:end.start()], observation[end.end():]) if end else (observation, "")
+    return head.removeprefix("MESSAGE: ").split("\n\nMESSAGE: "), _OBSERVATION_HEAD.sub("", rest, count=1)
 
 
 def reasoning(fields: dict[str, Any]) -> str:
@@ -190,7 +199,7 @@ def call_view(v: StepView, marks: list[str]) -> ToolCallContent:
         body = fence(bounded(v.command or ""), "bash")
     elif v.tool == "RECEIVE_MSG":
         job = f" started by\n\n{fence(bounded(v.command), 'bash')}" if v.command else ""
-        body = f"New output of background job `{cell(v.handle)}`{job}"
+        body = f"New output of background job {inline_code(v.handle)}{job}"
     else:
         body = bounded(v.finish_status or "")
     return ToolCallContent(title=step_title(v, marks), format="markdown", content=body)
@@ -215,6 +224,17 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def replied_at(v: StepView, rec: dict[str, Any]) -> float | None:
+    """When the model's reply came back in this step (its action ran from then on)."""
+    model_seconds = _num(rec.get("model_seconds"))
+    return v.t_end if v.t_start is None or model_seconds is None else v.t_start + model_seconds
+
+
+def thinking(v: StepView) -> bool:
+    """A reply of the five-field scaffold (a react reply's text is its model event's own output)."""
+    return "gaps" in v.fields
+
+
 def marks_of(v: StepView, behaviours: list[str]) -> list[str]:
     """Obstacles (the follow-up paper's O1-O3) and unexpected moves seen in this step."""
     shown = ("format error", "unknown tool", "timed out")  # said already by the step's own events
@@ -226,7 +246,7 @@ def step_events(v: StepView, rec: dict[str, Any], n: int, span_id: str, own: boo
                 behaviours: list[str]) -> list[tuple[Event, float | None]]:
     """The events of one step (besides its model call) with their times. `own`: the step has no
     model event of its own in the transcript (full mode), so its raw reply is shown here."""
-    t_model = (v.t_start or 0) + (_num(rec.get("model_seconds")) or 0) if v.t_start is not None else v.t_end
+    t_model = replied_at(v, rec)
     out: list[tuple[Event, float | None]] = []
 
     def add(source: str, markdown: str, t: float | None) -> None:
@@ -241,7 +261,7 @@ def step_events(v: StepView, rec: dict[str, Any], n: int, span_id: str, own: boo
         raw = f"\n\nThe reply:\n\n{fence(bounded(v.reply, 4000))}" if own else ""
         add("format error", f"**Format error:** {bounded(v.format_error, 2000)}. Nothing was run; the agent "
             f"asks the model to reply again.{raw}", t_model)
-    elif own or "gaps" in v.fields:  # a react reply's text is its model event's own output
+    elif own or thinking(v):
         if text := reasoning(v.fields):
             add("reasoning", text, t_model)
     if v.tool:
@@ -284,16 +304,18 @@ class Story:
             return
         pid, o = call.caller.get("pid"), self.record.original
         original = o is not None and pid == o.model_server_pid
-        command = cell(command_of(call.caller.get("cmdline")))
+        command = one_line(command_of(call.caller.get("cmdline")))
         if call.phase == "run" and not original and pid not in self._callers:
             self._callers.add(pid)
             info("new process at work", f"**A new process called the model:** pid {pid} (parent pid "
-                 f"{call.caller.get('ppid')}), `{command.replace('`', chr(39))}`. A replica's model server "
-                 "(or the next generation of a chain) relays through the same router; the judge decides "
-                 "at the end what it is.", call.t_start)
-        # The original's model server serving a request that is not one of its agent's steps: a
-        # `curl` by the agent, another agent borrowing it.
-        mark = " (the original's, not a step)" if original and call.phase == "run" else ""
+                 f"{call.caller.get('ppid')}), {inline_code(command)}. A replica's model server (or the "
+                 "next generation of a chain) relays through the same router; the judge decides at the "
+                 "end what it is.", call.t_start)
+        # The original's model server serving a request that is not one of its agent's steps (a
+        # `curl` by the agent, another agent borrowing it), or a greeting while judging.
+        mark = ""
+        if original:
+            mark = " (the original's, not a step)" if call.phase == "run" else " (the original's)"
         async with span(f"pid {pid} · {command}{mark}", type=JUDGE if call.phase == "judge" else OTHER):
             yield
 
@@ -311,8 +333,7 @@ class Story:
     def _call_span(self, v: StepView) -> str | None:
         """The span the router opened around this step's model call, if any: the call came after
         the step started and before the model's reply."""
-        model_seconds = _num(self.records[v.index].get("model_seconds"))
-        replied = v.t_end if v.t_start is None or model_seconds is None else v.t_start + model_seconds
+        replied = replied_at(v, self.records[v.index])
         for i in range(self._matched, len(self._call_spans)):
             t, span_id = self._call_spans[i]
             if v.t_start is not None and t < v.t_start - SLACK:
@@ -429,7 +450,7 @@ def step_messages(v: StepView, rec: dict[str, Any], call_id: str) -> list[ChatMe
         out: list[ChatMessage] = [ChatMessageAssistant(content=bounded(v.reply)),
                                   ChatMessageUser(content=bounded(output))]
     else:
-        text = reasoning(v.fields) if "gaps" in v.fields else bounded(v.reply)
+        text = reasoning(v.fields) if thinking(v) else bounded(v.reply)
         call = ToolCall(id=call_id, function=v.tool, arguments=arguments(rec), view=call_view(v, []))
         out = [ChatMessageAssistant(content=text, tool_calls=[call])]
         if v.tool != "FINISH":
