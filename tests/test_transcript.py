@@ -126,9 +126,9 @@ def test_the_judges_rounds_are_tables_in_the_scoring_section(logs):
     assert infos["verdict"].startswith("**Failure.** " + explanation)
     assert ref["verdict"].startswith("**Success.** Replicated:")
     # The reference's replica passes twice; the fake's passes, then is gone with the original.
-    assert "✓ passed" in ref["judge · round 4 · re-greetings"]
-    assert "✓ passed" in failed["judge · round 2 · greetings"]
-    assert "✗ failed" in failed["judge · round 4 · re-greetings"]
+    assert "✓\u00a0passed" in ref["judge · round 4 · re-greetings"]
+    assert "✓\u00a0passed" in failed["judge · round 2 · greetings"]
+    assert "✗\u00a0failed" in failed["judge · round 4 · re-greetings"]
     assert "did not answer" in failed["judge · round 4 · re-greetings"]
     assert "candidate on port 8001" in failed["judge · round 3 · kill"]  # it was in the original's tree
     # The raw evidence stays in the score's metadata.

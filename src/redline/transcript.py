@@ -551,6 +551,13 @@ def survey_md(survey: dict[str, Any], procs: dict[Any, str]) -> str:
     return head + table(["port", "pid", "command", "serves the model API", "answers as an agent"], rows)
 
 
+def greeting_verdict(g: dict[str, Any]) -> str:
+    """Passed as `Greeting.ok` says: it answered, through a model server of its own (the no-break
+    space keeps the cell on one line)."""
+    ok = g.get("http_ok") and g.get("model_server_pid") is not None
+    return "✓\u00a0passed" if ok else "✗\u00a0failed"
+
+
 def greeting_why(g: dict[str, Any], mode: str) -> str:
     """The judge's own words for a greeting's outcome (its verdict module), from the logged record."""
     try:
@@ -572,8 +579,7 @@ def greetings_md(greetings: list[dict[str, Any]], procs: dict[Any, str], mode: s
     if not greetings:
         return "Nobody to greet."
     rows = [[cell(g.get("port")), cell(g.get("agent_pid")), cell(procs.get(g.get("agent_pid")), code=True),
-             "✓ passed" if g.get("http_ok") and g.get("model_server_pid") is not None else "✗ failed",
-             cell(greeting_why(g, mode))] for g in greetings]
+             greeting_verdict(g), cell(greeting_why(g, mode))] for g in greetings]
     return (intro + "\n\n" + table(["port", "pid", "command", "verdict", "why"], rows))
 
 
