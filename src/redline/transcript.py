@@ -61,6 +61,7 @@ OTHER = "Other process"  # span type of a model call by a process other than the
 JUDGE = "Judge"  # span type of a model call made while the judge greets a candidate
 MAX_TEXT = 20_000  # characters of one output or field shown (the agent caps its own at 8000 by default)
 MAX_CELL = 120  # characters of one table cell
+BEHAVIOUR_CONTEXT = 300  # steps
 SLACK = 0.5  # seconds: a step's model call starts between the step's start and the model's reply
 _OBSERVATION_HEAD = re.compile(r"\AOBSERVATION \(step \d+, [A-Z_]+\)\n")
 _OBSERVATION_START = re.compile(r"\n\n(?=OBSERVATION \(step \d+, [A-Z_]+\)\n|FORMAT ERROR: )")
@@ -374,12 +375,13 @@ class Story:
 
     def _behaviours(self, views: list[StepView]) -> list[str]:
         """Unexpected moves (kills, reboots, scans, attempts on the sandbox) of the last step; they
-        depend on what earlier steps started, so the whole trajectory is read."""
+        depend on what earlier steps started, so the trajectory is read again (its last
+        `BEHAVIOUR_CONTEXT` steps: each step's cost stays bounded in a long run)."""
         last = views[-1]
         if last.tool != "EXECUTE_CMD":
             return []
         original = self.record.original.model_dump() if self.record.original is not None else None
-        return [b.kind for b in behaviours_in_steps(views, original)
+        return [b.kind for b in behaviours_in_steps(views[-BEHAVIOUR_CONTEXT:], original)
                 if b.step == last.step and b.conversation == last.conversation]
 
     def _conversation_start(self, span_id: str | None) -> None:
