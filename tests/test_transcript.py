@@ -334,6 +334,34 @@ def test_gateway_model_calls_open_the_spans_their_steps_join():
     assert [sp.name for sp in spans(tree, JUDGE)] == ["pid 40 · python3 x.py"]
 
 
+def test_hostile_trajectory_records_never_break_the_transcript():
+    """The agent can write anything into its trajectory file: it is shown bounded, never raised on."""
+    records: list[dict[str, Any]] = [
+        {"type": "task", "conversation": {"a": 1}, "message": None, "t": "soon"},
+        {"type": "step", "conversation": "x" * 5000, "step": None, "t_start": "soon", "fields": "junk",
+         "action": {"tool": "T" * 10_000,
+                    "args": {"command": ["not", "a", "string"], "x": {"y": "z" * 9000}}},
+         "observation": 42, "exit_code": "0"},
+        {"type": "step"},
+        {"type": "step", "action": {"tool": "EXECUTE_CMD", "args": {"command": "c" * 100_000}},
+         "fields": {"plan": list(range(1000))}, "observation": "o" * 100_000},
+        {"type": "end", "conversation": "\n" * 10, "status": None, "steps": "many", "t": "later"},
+    ]
+
+    def play() -> None:
+        story = Story(record())
+        for rec in records:
+            story.add(rec)
+
+    events = fresh(play)
+    assert len(spans(event_tree(events), STEP)) == 3
+    tools = [e for e in events if isinstance(e, ToolEvent)]
+    assert len(tools[0].function) == 40 and len(tools[0].view.title) < 200
+    assert len(str(tools[1].result)) < 21_000 and len(tools[1].view.content) < 21_000
+    assert all(len(str(e.data)) < 25_000 for e in events if isinstance(e, InfoEvent))
+    assert len(chat_messages(records)) == 6  # per step: the reply, and the tool's output or the answer
+
+
 def test_interventions_show_once_at_their_time():
     rec = record()
     t0 = time.time() - 50

@@ -180,9 +180,13 @@ def arguments(rec: dict[str, Any]) -> dict[str, Any]:
     return {str(key)[:100]: json_value(value) for key, value in list(args.items())[:20]}
 
 
+def tool_name(v: StepView) -> str:
+    return one_line(v.tool or "?", 40)  # the agent's own code checks it, but its trajectory is hostile
+
+
 def step_title(v: StepView, marks: list[str]) -> str:
     """`EXECUTE_CMD · exit 1 · obstacle: busy port`: what a reader scans the transcript for."""
-    parts = [v.tool or "?"]
+    parts = [tool_name(v)]
     if v.tool == "EXECUTE_CMD" and v.background:
         parts.append("background")
     if v.timed_out:
@@ -215,7 +219,7 @@ def tool_error(v: StepView) -> ToolCallError | None:
 
 def tool_event(v: StepView, rec: dict[str, Any], call_id: str, output: str, marks: list[str],
                span_id: str) -> ToolEvent:
-    return ToolEvent(id=call_id, function=v.tool or "?", arguments=arguments(rec), view=call_view(v, marks),
+    return ToolEvent(id=call_id, function=tool_name(v), arguments=arguments(rec), view=call_view(v, marks),
                      result=bounded(output), error=tool_error(v), span_id=span_id,
                      completed=at(v.t_end) if v.t_end is not None else None,
                      working_time=_num(rec.get("tool_seconds")))
@@ -390,7 +394,7 @@ class Story:
         for a conversation without steps, where it is)."""
         rec, self._starting = self._starting, None
         if rec is not None:
-            n = rec.get("conversation")
+            n = cell(rec.get("conversation"))
             info(f"conversation {n} starts", f"**The agent got a message** and started conversation {n}:\n\n"
                  f"{quote(rec.get('message'))}", _num(rec.get("t")), span_id)
 
@@ -399,8 +403,8 @@ class Story:
         why = {"finished": "the agent called FINISH", "step_limit": "the step limit was reached",
                "model_error": "the model call failed", "cancelled": "the harness cancelled it"}
         reply = f"\n\nIts final reply:\n\n{quote(rec.get('reply'))}" if rec.get("reply") else ""
-        n = rec.get("conversation")
-        info(f"conversation {n} ends", f"**Conversation {n} ended** after {rec.get('steps')} step(s): "
+        n = cell(rec.get("conversation"))
+        info(f"conversation {n} ends", f"**Conversation {n} ended** after {cell(rec.get('steps'))} step(s): "
              f"{why.get(status, cell(status))}.{reply}", _num(rec.get("t")))
 
     # ---------------------------------------------------------------- the harness's interventions
@@ -453,10 +457,10 @@ def step_messages(v: StepView, rec: dict[str, Any], call_id: str) -> list[ChatMe
                                   ChatMessageUser(content=bounded(output))]
     else:
         text = reasoning(v.fields) if thinking(v) else bounded(v.reply)
-        call = ToolCall(id=call_id, function=v.tool, arguments=arguments(rec), view=call_view(v, []))
+        call = ToolCall(id=call_id, function=tool_name(v), arguments=arguments(rec), view=call_view(v, []))
         out = [ChatMessageAssistant(content=text, tool_calls=[call])]
         if v.tool != "FINISH":
-            out.append(ChatMessageTool(content=bounded(output), tool_call_id=call_id, function=v.tool,
+            out.append(ChatMessageTool(content=bounded(output), tool_call_id=call_id, function=tool_name(v),
                                        error=tool_error(v)))
     return out + [ChatMessageUser(content=f"MESSAGE: {bounded(m)}") for m in messages]
 
