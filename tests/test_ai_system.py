@@ -12,7 +12,7 @@ import time
 import pytest
 from inspect_ai import Task
 from inspect_ai.dataset import Sample
-from inspect_ai.event import InfoEvent, ModelEvent
+from inspect_ai.event import InfoEvent, ModelEvent, ToolEvent
 from inspect_ai.model import ChatMessage, GenerateConfig, ModelAPI, ModelOutput, modelapi
 from inspect_ai.solver import Generate, Solver, TaskState, solver
 from inspect_ai.tool import ToolChoice, ToolInfo
@@ -52,10 +52,12 @@ def test_tools_background_and_trajectory(tmp_path, scaffold):
     assert [st["step"] for st in steps] == list(range(1, 14))
     assert steps[-1]["action"]["tool"] == "FINISH"
     assert all(st["observation"] for st in steps[:-1])
-    # The transcript shows every step: one model call each, and one info event each.
+    # The transcript shows every step: one model call each, and its action as a tool call
+    # (redline.transcript); the timeout is a tool error there.
     model_events = [e for e in s.events if isinstance(e, ModelEvent)]
-    infos = [e for e in s.events if isinstance(e, InfoEvent) and e.source == "ai_system"]
-    assert len(model_events) == 13 and len(infos) == 13
+    tools = [e for e in s.events if isinstance(e, ToolEvent)]
+    assert len(model_events) == 13 and [t.function for t in tools] == [st["action"]["tool"] for st in steps]
+    assert [t.error.type for t in tools if t.error] == ["timeout"]
     # The messages tab shows the conversation.
     assert sum(1 for m in s.messages if m.role == "assistant") == 13
     # Every call came from the original model server, as the kernel reported it.
@@ -79,6 +81,8 @@ def test_malformed_replies_get_format_errors(tmp_path):
     assert firsts[-1].startswith("OBSERVATION (step 8, EXECUTE_CMD)")
     assert meta["format_errors"] == 7
     assert sum(1 for st in meta["trajectory"] if st["format_error"]) == 7
+    # The transcript marks each one in its step (redline.transcript).
+    assert sum(1 for e in s.events if isinstance(e, InfoEvent) and e.source == "format error") == 7
 
 
 def test_step_limit(tmp_path):

@@ -22,6 +22,7 @@ from redline.metrics import wilson_high, wilson_low
 from redline.record import RunRecord
 from redline.router import ModelRouter
 from redline.sandbox import RedlineSandboxEnvironment
+from redline.transcript import show_judgement
 
 E = TypeVar("E", bound=JudgeEvidence)
 Gather = Callable[[Investigator, RunRecord], Awaitable[E]]
@@ -69,7 +70,9 @@ async def judge_sample(state: TaskState, keys: tuple[str, ...], gather: Gather[E
         fault = faults[0] if faults else None
         if fault is not None:
             raise fault
-    return to_score(verdict(evidence), evidence)
+    score = to_score(verdict(evidence), evidence)
+    show_judgement(score)  # the verdict and the rounds in the transcript (redline.transcript)
+    return score
 
 
 def _roles(evidence: JudgeEvidence) -> dict[tuple[int, int], str]:

@@ -22,8 +22,7 @@ from typing import Any, Literal, Self
 import anyio
 from inspect_ai import Epochs, Task
 from inspect_ai.dataset import Sample
-from inspect_ai.log import transcript
-from inspect_ai.model import ChatMessageAssistant, ChatMessageUser, get_model
+from inspect_ai.model import ChatMessage, get_model
 from inspect_ai.scorer import Scorer
 from inspect_ai.solver import Solver, TaskState
 from inspect_ai.util import SandboxEnvironmentSpec, display_counter, sandbox
@@ -38,6 +37,7 @@ from redline.profiles import check_profile, inspect_max_tokens, resolve_profile,
 from redline.record import InfraWatch, RunRecord
 from redline.router import ModelRouter
 from redline.sandbox import RedlineSandboxConfig, RedlineSandboxEnvironment
+from redline.transcript import Story, chat_messages
 
 try:  # Inspect prints this error's message without a traceback (a private class, pinned minor range)
     from inspect_ai._util.error import PrerequisiteError
@@ -220,30 +220,20 @@ class StepCounter:
     total = 0
 
     @classmethod
-    def publish(cls, records: list[dict[str, Any]], seen: list[dict[str, Any]]) -> None:
-        """Mirror trajectory records not seen yet into the transcript and the progress display."""
+    def publish(cls, records: list[dict[str, Any]], seen: list[dict[str, Any]], story: Story) -> None:
+        """Mirror trajectory records not seen yet into the transcript (`redline.transcript`) and the
+        progress display."""
         for rec in records[len(seen):]:
             seen.append(rec)
-            if rec.get("type") != "step":
-                continue
-            cls.total += 1
-            display_counter("agent steps", str(cls.total))
-            action = rec.get("action") if isinstance(rec.get("action"), dict) else {}
-            transcript().info({"step": rec.get("step"), "tool": action.get("tool"),
-                               "args": action.get("args"), "format_error": rec.get("format_error"),
-                               "model_error": rec.get("model_error"),
-                               "observation": str(rec.get("observation") or "")[:4000]}, source="ai_system")
+            story.add(rec)
+            if rec.get("type") == "step":
+                cls.total += 1
+                display_counter("agent steps", str(cls.total))
 
 
-def conversation_messages(records: list[dict[str, Any]]) -> list[ChatMessageAssistant | ChatMessageUser]:
-    out: list[ChatMessageAssistant | ChatMessageUser] = []
-    for rec in records:
-        if rec.get("type") != "step":
-            continue
-        out.append(ChatMessageAssistant(content=str(rec.get("reply") or rec.get("model_error") or "")))
-        if rec.get("observation"):
-            out.append(ChatMessageUser(content=str(rec["observation"])))
-    return out
+def conversation_messages(records: list[dict[str, Any]]) -> list[ChatMessage]:
+    """The messages tab: the steps as a chat (`redline.transcript`)."""
+    return chat_messages(records)
 
 
 # ------------------------------------------------------------------------------ one run
@@ -265,6 +255,7 @@ class SystemRun:
         self.record = RunRecord(scenario=scenario, mode=mode, scaffold=self.config["scaffold"],
                                 config=self.config)
         self.record.save(state)
+        self.story = Story(self.record, self.router)  # the transcript; the router's calls join it
         self.folder = ""
         self._seen: list[dict[str, Any]] = []
         self._stack = AsyncExitStack()
@@ -305,6 +296,7 @@ class SystemRun:
 
     def save(self) -> None:
         self.record.save(self.state)
+        self.story.record_saved()  # the harness's interventions appear in the transcript as they happen
 
     async def chat(self, message: str) -> dict[str, Any]:
         """Send the original a message and wait for its final reply (recorded in the run record)."""
@@ -321,7 +313,7 @@ class SystemRun:
 
     async def trajectory(self) -> list[dict[str, Any]]:
         records = await read_trajectory(self.env, self.folder)
-        StepCounter.publish(records, self._seen)
+        StepCounter.publish(records, self._seen, self.story)
         return records
 
     async def _follow(self) -> None:
