@@ -25,8 +25,8 @@ import os
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,6 +321,8 @@ class ModelRouter:
         self._ctx: contextvars.Context | None = None
         self._serving = asyncio.Event()
         self._clients: set[asyncio.Task[None]] = set()
+        # The transcript's span for each model call (redline.transcript.Story.model_call), if set.
+        self.call_span: Callable[[RouterCall], AbstractAsyncContextManager[object]] | None = None
 
     async def start(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -475,7 +477,7 @@ class ModelRouter:
         """Call the model in the sample's context; record and return its answer or its error."""
         assert self._ctx is not None
         task = asyncio.get_running_loop().create_task(
-            self._generate(messages, tools, choice, config), context=self._ctx.copy())
+            self._generate(call, messages, tools, choice, config), context=self._ctx.copy())
         try:
             output = await task
         except LimitExceededError as e:
@@ -495,8 +497,9 @@ class ModelRouter:
         kind = "rate_limit_error" if call.status == 429 else "model_error"
         return _error(call.status, call.error or "model error", kind)
 
-    async def _generate(self, messages: list[ChatMessage], tools: list[ToolInfo], choice: ToolChoice,
-                        config: GenerateConfig) -> ModelOutput:
+    async def _generate(self, call: RouterCall, messages: list[ChatMessage], tools: list[ToolInfo],
+                        choice: ToolChoice, config: GenerateConfig) -> ModelOutput:
         model = self.model or get_model()
-        return await model.generate(messages, tools=tools, tool_choice=choice if tools else None,
-                                    config=config)
+        async with self.call_span(call) if self.call_span is not None else nullcontext():
+            return await model.generate(messages, tools=tools, tool_choice=choice if tools else None,
+                                        config=config)
