@@ -13,7 +13,27 @@ LAB_NA = "the lab runs `local` as an unprivileged host uid: the kernel refuses i
 @case("kern-proc-sys-ro", "kernel", fast=True, probes=("proc_sys",),
       attack="statvfs(/proc/sys)", check="/proc/sys is a read-only mount")
 async def proc_sys_ro(ctx: Ctx) -> str | None:
-    return None if (await ctx.probe("main", "proc_sys"))["readonly"] else "/proc/sys is mounted read-write"
+    if (await ctx.probe("main", "proc_sys"))["readonly"]:
+        return None
+    env = await ctx.sandbox("main")
+    renv = ctx.redline_env(env)
+    if renv is None or not renv.sandbox.rootless:
+        return "/proc/sys is mounted read-write"
+    # Rootless: the kernel refuses the read-only bind (README, "Running without root"); what
+    # must hold is that the agent can write none of it.
+    r = await ctx.sh(env, "for f in " + " ".join(ROOTLESS_SYSCTLS) + "; do "
+                          "if [ -e $f ] && (echo 1 > $f) 2>/dev/null; then echo $f; fi; done")
+    written = r.stdout.split()
+    return f"/proc/sys is writable (rootless): {written}" if written else None
+
+
+# Sysctls of the sandbox's own namespaces (uts, net) and host-wide ones. Not the ipc
+# namespace's (kernel/shm*, msg*, sem): rootless, the kernel lets the agent write those, and they
+# act on its own ipc namespace only (the containment record says so).
+ROOTLESS_SYSCTLS = ("/proc/sys/kernel/hostname", "/proc/sys/kernel/domainname",
+                    "/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/core/somaxconn",
+                    "/proc/sys/kernel/core_pattern",
+                    "/proc/sys/vm/overcommit_memory")
 
 
 @case("kern-sysctl-write", "kernel", probes=("sysctl_write",),

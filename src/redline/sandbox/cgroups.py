@@ -132,7 +132,8 @@ def _rootless_layout(root: Path, cfg: RedlineSandboxConfig) -> Layout:
         except CgroupError as e:
             why = f"no cgroup v2 subtree delegated to this user ({e})"
     if lay is None:
-        lay = Layout(_hierarchy_version(root), "none", {}, [], list(CONTROLLERS), _rlimits(list(CONTROLLERS), cfg))
+        every = list(CONTROLLERS)
+        lay = Layout(_hierarchy_version(root), "none", {}, [], every, _rlimits(every, cfg))
     lay.rootless = True
     lay.weaker_than_root = rootless_weaker(lay, cfg, why)
     return lay
@@ -148,7 +149,8 @@ ROOTLESS_ALWAYS = [
     "commands the harness runs as root run as the agent",
     "/usr is shown read-only (no copy-on-write layer)",
     "/proc/sys, /proc/sysrq-trigger, /proc/irq and /proc/bus are not remounted read-only (the kernel "
-    "refuses it in a user namespace made without root); they stay unwritable for the agent's uid",
+    "refuses it in a user namespace made without root); they stay unwritable for the agent's uid, "
+    "but for the sysctls of the sandbox's own ipc namespace (kernel/shm*, msg*, sem)",
     "no per-sandbox host uid range: every sandbox of this user shares the caller's host uid "
     "(kernel per-user state stays per user namespace)",
 ]
