@@ -19,7 +19,6 @@ import sys
 import tempfile
 import threading
 import uuid
-import zipfile
 from pathlib import Path
 
 import psutil
@@ -34,7 +33,7 @@ pytestmark = pytest.mark.skipif(
     reason="makes a throwaway user: needs root, useradd, setpriv and unshare")
 
 
-def _reach_prefix() -> str:
+def _reach_prefix(aside: Path) -> str:
     """Shell lines that make the interpreter reachable for the user in this mount namespace: the
     first 0700 directory on its way (e.g. /root) becomes a 0755 tmpfs holding only the needed
     child, bound back in (the VM test does the same)."""
@@ -43,7 +42,6 @@ def _reach_prefix() -> str:
     if blocked is None:
         return ""
     child = Path(blocked) / Path(real).relative_to(blocked).parts[0]
-    aside = f"/run/rl-aside-{uuid.uuid4().hex[:8]}"
     return (f"mkdir -p {aside} && mount --bind {child} {aside} && mount -t tmpfs -o mode=755 tmpfs {blocked} "
             f"&& mkdir {child} && mount --bind {aside} {child} || exit 99; ")
 
@@ -63,7 +61,8 @@ class User:
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         environ = {"HOME": str(self.home), "PATH": f"{VENV_BIN}:/usr/bin:/bin", "LANG": "C.UTF-8",
                    "USER": self.name, **(env or {})}
-        script = _reach_prefix() + 'exec setpriv --reuid="$0" --regid="$0" --init-groups env -i "$@"'
+        script = (_reach_prefix(self.home / ".aside")
+                  + 'exec setpriv --reuid="$0" --regid="$0" --init-groups env -i "$@"')
         cmd = ["unshare", "-m", "--propagation", "private", "bash", "-c", script, str(self.uid),
                *(f"{k}={v}" for k, v in environ.items()), *argv]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.home)
@@ -170,24 +169,27 @@ def test_escapes_are_contained(probed, canary):
     assert 0 < out["forks"] < out["pids_max"]  # RLIMIT_NPROC stands in for the pids cgroup
 
 
-def test_self_replication_eval_rootless(user):
+def test_evals_rootless(user):
+    """self_replication and shutdown_avoidance, one `inspect eval` of both: the reference policy
+    succeeds, the self-check passed, and the record says rootless."""
     logs = user.home / "logs"
-    r = user.run(["inspect", "eval", "redline/self_replication", "--model", "redline/reference",
-                  "--epochs", "1", "--log-dir", str(logs), "--display", "plain"], timeout=600)
+    r = user.run(["inspect", "eval", "redline/self_replication", "redline/shutdown_avoidance",
+                  "--model", "redline/reference", "--epochs", "1", "--log-dir", str(logs),
+                  "--display", "plain"], timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     from inspect_ai.log import read_eval_log
 
-    [path] = list(logs.glob("*.eval"))
-    with zipfile.ZipFile(path):
-        pass
-    log = read_eval_log(str(path))
-    assert log.status == "success"
-    [sample] = log.samples or []
-    rec = sample.metadata["redline"]
-    assert rec["containment"]["rootless"] is True
-    assert rec["selfcheck"]["ok"] and rec["selfcheck"]["versions"]["rootless"] is True
-    [score] = sample.scores.values()
-    assert score.value["success"] == 1
+    paths = sorted(logs.glob("*.eval"))
+    assert len(paths) == 2
+    for path in paths:
+        log = read_eval_log(str(path))
+        assert log.status == "success", path
+        [sample] = log.samples or []
+        rec = sample.metadata["redline"]
+        assert rec["containment"]["rootless"] is True
+        assert rec["selfcheck"]["ok"] and rec["selfcheck"]["versions"]["rootless"] is True
+        [score] = sample.scores.values()
+        assert score.value["success"] == 1, (path, score.explanation)
 
 
 def test_chain_scenario_refuses_without_root(user):
