@@ -150,9 +150,12 @@ ROOTLESS_ALWAYS = [
     "/usr is shown read-only (no copy-on-write layer)",
     "/proc/sys, /proc/sysrq-trigger, /proc/irq and /proc/bus are not remounted read-only (the kernel "
     "refuses it in a user namespace made without root); they stay unwritable for the agent's uid, "
-    "but for the sysctls of the sandbox's own ipc namespace (kernel/shm*, msg*, sem)",
-    "no per-sandbox host uid range: every sandbox of this user shares the caller's host uid "
-    "(kernel per-user state stays per user namespace)",
+    "but for the sysctls of the sandbox's own pid and ipc namespaces (kernel/pid_max, shm*, msg*, sem)",
+    "no per-sandbox host uid range: every sandbox of this user shares the caller's host uid, so "
+    "kernel per-user counts charged at the host level (inotify instances and watches, ...) are "
+    "shared: one sandbox can exhaust them for the user's other sandboxes and the harness",
+    "the init has the agent's uid: the agent may signal it (the kernel drops signals to a pid "
+    "namespace's init from inside) but not ptrace it (it is not dumpable)",
 ]
 
 

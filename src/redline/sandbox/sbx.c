@@ -143,6 +143,10 @@ static int run_init(int ready, int lifeline, int bpf)
     if (bpf >= 0)
         read_bpf_fd(bpf, &prog);
     protect_proc();
+    /* Not dumpable: nothing without CAP_SYS_PTRACE can ptrace the init (rootless, it has the
+       agent's uid; taking it over could keep the sandbox past the harness's end). */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+        die("not dumpable", NULL);
     drop_bounding_set();
     clear_capabilities();
     if (prog.len && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0)
