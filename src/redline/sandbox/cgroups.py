@@ -21,6 +21,7 @@ from typing import Any
 
 from redline.sandbox import placement as pl
 from redline.sandbox.config import RedlineSandboxConfig, rootless
+from redline.sandbox.rootfs import tmp_bytes
 
 CONTROLLERS = pl.NEEDED
 PRLIMIT = "/usr/bin/prlimit"
@@ -175,11 +176,6 @@ def rootless_weaker(lay: Layout, cfg: RedlineSandboxConfig, why: str) -> list[st
     out.append(f"disk cap per mount, not shared: /home {cfg.disk_bytes} B, /tmp and /var/tmp "
                f"{tmp_bytes(cfg)} B each")
     return out
-
-
-def tmp_bytes(cfg: RedlineSandboxConfig) -> int:
-    """Rootless: the size of /tmp and of /var/tmp (each a tmpfs of its own, see rootfs)."""
-    return max(16 << 20, cfg.disk_bytes // 4)
 
 
 def layout_for(cfg: RedlineSandboxConfig) -> Layout:

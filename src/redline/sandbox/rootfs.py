@@ -271,6 +271,11 @@ def _kernel_args() -> list[str]:
     return a
 
 
+def tmp_bytes(cfg: RedlineSandboxConfig) -> int:
+    """Rootless: the size of /tmp and of /var/tmp (each a tmpfs of its own)."""
+    return max(16 << 20, cfg.disk_bytes // 4)
+
+
 def rootless_writable_args(cfg: RedlineSandboxConfig, tmp_size: int) -> list[str]:
     """Rootless: each writable place is a size-capped tmpfs of bwrap's own (a normal user cannot
     mount the one shared tmpfs on the host), made while bwrap still holds its capabilities."""
