@@ -34,16 +34,21 @@ pytestmark = pytest.mark.skipif(
 
 
 def _reach_prefix(aside: Path) -> str:
-    """Shell lines that make the interpreter reachable for the user in this mount namespace: the
-    first 0700 directory on its way (e.g. /root) becomes a 0755 tmpfs holding only the needed
-    child, bound back in (the VM test does the same)."""
-    real = os.path.realpath(sys.executable)
-    blocked = rootfs.unreachable(real)
-    if blocked is None:
-        return ""
-    child = Path(blocked) / Path(real).relative_to(blocked).parts[0]
-    return (f"mkdir -p {aside} && mount --bind {child} {aside} && mount -t tmpfs -o mode=755 tmpfs {blocked} "
-            f"&& mkdir {child} && mount --bind {aside} {child} || exit 99; ")
+    """Shell lines that make the interpreter, the venv and the repository reachable for the user in
+    this mount namespace: each 0700 directory on their way (e.g. /root) becomes a 0755 tmpfs
+    holding only the children needed, bound back in (the VM test does the same)."""
+    kids: dict[str, set[Path]] = {}
+    for path in (os.path.realpath(sys.executable), str(VENV_BIN), str(REPO)):
+        blocked = rootfs.unreachable(path)
+        if blocked is not None:
+            kids.setdefault(blocked, set()).add(Path(blocked) / Path(path).relative_to(blocked).parts[0])
+    steps = []
+    for i, (blocked, children) in enumerate(sorted(kids.items())):
+        pairs = [(child, aside / f"{i}-{j}") for j, child in enumerate(sorted(children))]
+        steps += [f"mkdir -p {a} && mount --bind {c} {a}" for c, a in pairs]
+        steps.append(f"mount -t tmpfs -o mode=755 tmpfs {blocked}")
+        steps += [f"mkdir -p {c} && mount --bind {a} {c}" for c, a in pairs]
+    return f"{{ {' && '.join(steps)}; }} || exit 99; " if steps else ""
 
 
 class User:
