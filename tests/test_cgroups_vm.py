@@ -174,6 +174,19 @@ def test_rootless_cgroup_layer_in_a_user_delegated_subtree(v2):
     assert not res["leaf_left"]
 
 
+def test_rootless_sandbox_capped_by_a_user_delegated_subtree(v2):
+    """Rootless mode (README, "Running without root") where the user owns a delegated v2 subtree:
+    the caps are cgroups again, and the record still says rootless."""
+    sb = v2["rootless"]["sandbox"]
+    c = sb["containment"]
+    assert (c["placement"], c["missing"], c["rlimits"], c["rootless"]) == ("delegated", [], {}, True)
+    assert sb["leaf"].startswith("/sys/fs/cgroup/user-1000/redline/")
+    assert sb["agent_uid"] == "1000" and sb["uid_map"] == ["1000", "1000", "1"]
+    assert sb["alive_after_hog"] == "alive" and sb["events"]["oom_kill"] >= 1
+    assert sb["bomb_peak"] <= CAP_PIDS and sb["events"]["pids_max"] >= 1
+    assert not sb["leaf_left"] and not sb["state_left"]
+
+
 def test_sweep_finds_v2_sandboxes_of_a_killed_harness(v2):
     res = v2["sweep"]
     assert res["leaf_before"] and res["removed"] >= 1 and not res["leaf_after"]

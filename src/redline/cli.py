@@ -279,7 +279,8 @@ def _default_state_root() -> str:
 
 
 @cli.command("cleanup", short_help="remove sandboxes left behind by runs that died")
-@click.option("--state-root", default=_default_state_root, show_default="$REDLINE_STATE_ROOT or /run/redline",
+@click.option("--state-root", default=_default_state_root,
+              show_default="$REDLINE_STATE_ROOT or /run/redline (not root: $XDG_RUNTIME_DIR/redline)",
               help="the sandboxes' state directory (as the runs used it)")
 def cleanup(state_root: str) -> int:
     """Sweep the state root: kill and remove the sandboxes (processes, cgroups, mounts) whose

@@ -77,7 +77,9 @@ def versions() -> dict[str, Any]:
 
     return {"kernel": os.uname().release, "machine": os.uname().machine, "bwrap": _bwrap_version(),
             "seccomp_profile": _seccomp_profile(), "redline": pkg("redline"), "inspect_ai": pkg("inspect_ai"),
-            "python": sys.version.split()[0]}
+            "python": sys.version.split()[0],
+            # the sandbox it checked ran rootless (README, "Running without root")
+            "rootless": os.geteuid() != 0}
 
 
 def summarize(outcomes: list[Outcome], seconds: float, subset: str, kind: str) -> dict[str, Any]:

@@ -134,8 +134,33 @@ def s_sweep() -> dict[str, Any]:
 
 
 def s_rootless() -> dict[str, Any]:
-    """uid 1000 in a subtree delegated to it: the cgroup layer alone (the sandbox itself needs root
-    until the per-sandbox user namespace lands)."""
+    """uid 1000 in a subtree delegated to it: the cgroup layer alone, then a whole rootless sandbox
+    capped by cgroups in that subtree."""
+    res = s_rootless_layer()
+    res["sandbox"] = rootless_sandbox()
+    return res
+
+
+def rootless_sandbox() -> dict[str, Any]:
+    cfg = RedlineSandboxConfig(pids_max=CAP_PIDS, memory_bytes=CAP_MEM, state_root="/tmp/rl-rootless-state")
+    sb = Sandbox.create(cfg)
+    out: dict[str, Any] = {}
+    try:
+        out["containment"] = sb.containment
+        out["leaf"] = str(sb.cgroups.dirs[0]) if sb.cgroups and sb.cgroups.dirs else None
+        r = asyncio.run(sb.run(["id", "-u"], timeout=120))
+        out["agent_uid"] = r.stdout.decode().strip()
+        out["uid_map"] = Path(f"/proc/{sb.init_pid}/uid_map").read_text().split()
+        out.update(asyncio.run(caps(sb)))
+    finally:
+        sb.destroy()
+    out["leaf_left"] = bool(out.get("leaf") and Path(out["leaf"]).exists())
+    out["state_left"] = sb.state.exists()
+    return out
+
+
+def s_rootless_layer() -> dict[str, Any]:
+    """The cgroup layer alone, as uid 1000."""
     cfg = RedlineSandboxConfig(pids_max=16, memory_bytes=CAP_MEM)
     res: dict[str, Any] = {"uid": os.geteuid(), "containment": cg.preflight(cfg)}
     c = cg.Cgroups.for_sandbox(cfg, "0123456789ab")

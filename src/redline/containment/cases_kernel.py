@@ -13,7 +13,32 @@ LAB_NA = "the lab runs `local` as an unprivileged host uid: the kernel refuses i
 @case("kern-proc-sys-ro", "kernel", fast=True, probes=("proc_sys",),
       attack="statvfs(/proc/sys)", check="/proc/sys is a read-only mount")
 async def proc_sys_ro(ctx: Ctx) -> str | None:
-    return None if (await ctx.probe("main", "proc_sys"))["readonly"] else "/proc/sys is mounted read-write"
+    if (await ctx.probe("main", "proc_sys"))["readonly"]:
+        return None
+    if not ctx.rootless:
+        return "/proc/sys is mounted read-write"
+    env = await ctx.sandbox("main")
+    # Rootless: the kernel refuses the read-only bind (README, "Running without root"); what
+    # must hold is that the agent can write none of it.
+    r = await ctx.sh(env, "for f in " + " ".join(ROOTLESS_SYSCTLS) + "; do "
+                          "if [ -e $f ] && (echo 1 > $f) 2>/dev/null; then echo $f; fi; done")
+    written = r.stdout.split()
+    return f"/proc/sys is writable (rootless): {written}" if written else None
+
+
+# Rootless, the kernel lets the agent write these: they belong to the sandbox's own pid
+# (pid_max, per pid namespace since Linux 6.14) and ipc namespaces; the host's stay unchanged.
+ROOTLESS_OWN_NAMESPACE = frozenset({"/proc/sys/kernel/pid_max", "/proc/sys/kernel/shmmax",
+                                    "/proc/sys/kernel/shmall", "/proc/sys/kernel/shmmni",
+                                    "/proc/sys/kernel/msgmax", "/proc/sys/kernel/msgmnb",
+                                    "/proc/sys/kernel/msgmni", "/proc/sys/kernel/sem"})
+# Sysctls of the sandbox's own namespaces (uts, net) and host-wide ones. Not the ipc
+# namespace's (kernel/shm*, msg*, sem): rootless, the kernel lets the agent write those, and they
+# act on its own ipc namespace only (the containment record says so).
+ROOTLESS_SYSCTLS = ("/proc/sys/kernel/hostname", "/proc/sys/kernel/domainname",
+                    "/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/core/somaxconn",
+                    "/proc/sys/kernel/core_pattern",
+                    "/proc/sys/vm/overcommit_memory")
 
 
 @case("kern-sysctl-write", "kernel", probes=("sysctl_write",),
@@ -23,6 +48,8 @@ async def sysctl_write(ctx: Ctx) -> str | None:
     out = await ctx.probe("main", "sysctl_write")
     changed = [k for k, v in read_sysctls().items() if ctx.lab.sysctls.get(k) != v]
     written = [k for k, res in out.items() if res.get("ok")]
+    if ctx.rootless:  # sysctls of the sandbox's own namespaces (README, "Running without root")
+        written = [k for k in written if k not in ROOTLESS_OWN_NAMESPACE]
     return first(f"host sysctls changed: {changed}" if changed else None,
                  f"sysctl writes accepted: {written}" if written else None)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from inspect_ai.util import SandboxEnvironment
 
-from redline.containment.case import case, first, refused
+from redline.containment.case import NotApplicable, case, first, refused
 from redline.containment.context import Ctx, scaled
 from redline.containment.host import kill_pids, pids_named, pids_with
 
@@ -37,7 +37,29 @@ def _cgroup_dirs(ctx: Ctx, env: SandboxEnvironment) -> list[Path] | None:
     renv = ctx.redline_env(env)
     if renv is None or renv.sandbox.cgroups is None:
         return None
+    if renv.sandbox.rootless and not renv.sandbox.cgroups.dirs:
+        raise NotApplicable(ROOTLESS_NO_CGROUP)
     return list(renv.sandbox.cgroups.dirs)
+
+
+ROOTLESS_NO_CGROUP = ("rootless mode without a delegated cgroup: no sandbox cgroup to check "
+                      "(the containment record lists what is weaker)")
+
+
+async def _rootless_caps(ctx: Ctx, env: SandboxEnvironment) -> str | None:
+    """Rootless without a cgroup: the stand-ins are in place, as a command inside sees them."""
+    sb = ctx.redline_env(env).sandbox
+    r = await ctx.sh(env, "grep -E '^Max (processes|address space) ' /proc/self/limits")
+    found = {"nproc": None, "as": None}
+    for line in r.stdout.splitlines():  # "Max processes   512   512   processes" (soft, hard, unit)
+        key = "nproc" if line.startswith("Max processes") else "as"
+        found[key] = line.split()[3 if key == "as" else 2]
+    want = {"nproc": str(sb.cfg.pids_max), "as": str(sb.cfg.memory_bytes)}
+    wrong = [f"rlimit {k} {found[k]} (config {want[k]})" for k in want if found[k] != want[k]]
+    usage = sb.disk_usage()
+    if usage is None or abs(usage[1] - sb.cfg.disk_bytes) > (1 << 20):
+        wrong.append(f"disk {usage and usage[1]} (config {sb.cfg.disk_bytes})")
+    return f"caps differ from the config: {wrong}" if wrong else None
 
 
 def _cg_value(dirs: list[Path], *names: str) -> str | None:
@@ -62,6 +84,9 @@ async def _wait_gone(marker: str, timeout: float) -> list[int]:
       check="pids.max, the memory limit and the disk cap are exactly the config's")
 async def caps_in_place(ctx: Ctx) -> str | None:
     env = await ctx.sandbox("main")
+    renv = ctx.redline_env(env)
+    if renv is not None and renv.sandbox.rootless and renv.sandbox.cgroups and not renv.sandbox.cgroups.dirs:
+        return await _rootless_caps(ctx, env)
     dirs = _cgroup_dirs(ctx, env)
     if dirs is None:
         return NO_CGROUP

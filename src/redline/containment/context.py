@@ -92,6 +92,13 @@ class Ctx:
         self.memo: dict[str, Any] = {}  # what a group's cases share (e.g. one teardown for all)
 
     @property
+    def rootless(self) -> bool:
+        """The redline sandbox in rootless mode (README, "Running without root")."""
+        from redline.sandbox.config import rootless
+
+        return self.redline and rootless()
+
+    @property
     def redline(self) -> bool:
         return self.kind == "redline"
 

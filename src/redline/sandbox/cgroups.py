@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from redline.sandbox import placement as pl
-from redline.sandbox.config import RedlineSandboxConfig
+from redline.sandbox.config import RedlineSandboxConfig, rootless
+from redline.sandbox.rootfs import tmp_bytes
 
 CONTROLLERS = pl.NEEDED
 PRLIMIT = "/usr/bin/prlimit"
@@ -51,10 +52,12 @@ class Layout:
     missing: list[str]
     rlimits: dict[str, int] = field(default_factory=dict)
     harness_leaf: Path | None = None
+    rootless: bool = False
+    weaker_than_root: list[str] = field(default_factory=list)  # rootless: each thing that is weaker
 
     def record(self) -> dict[str, Any]:
         """The containment record (JSON-ready) that goes into the eval log."""
-        return {
+        rec: dict[str, Any] = {
             "cgroup": f"v{self.version}",
             "placement": self.kind,
             "parent": sorted({str(p) for p in self.parents.values()}),
@@ -64,6 +67,9 @@ class Layout:
             "rlimits": dict(self.rlimits),
             "harness_leaf": str(self.harness_leaf) if self.harness_leaf else None,
         }
+        if self.rootless:  # keys only ever added: root runs keep the record they had
+            rec.update(rootless=True, weaker=True, weaker_than_root=list(self.weaker_than_root))
+        return rec
 
 
 _layouts: dict[tuple[Any, ...], Layout] = {}
@@ -115,16 +121,78 @@ def _v2_layout(root: Path, cfg: RedlineSandboxConfig) -> Layout:
                   _rlimits(p.missing, cfg), p.harness_leaf)
 
 
+def _rootless_layout(root: Path, cfg: RedlineSandboxConfig) -> Layout:
+    """A normal user: a cgroup v2 subtree delegated to it if there is one, else no cgroup at all
+    (rlimits stand in; the pid namespace still holds every process). Never an error: the
+    warning and the record say what is weaker."""
+    lay: Layout | None = None
+    why = "cgroup v1 host: only root may make cgroups"
+    if pl.is_v2(root):
+        try:
+            lay = _v2_layout(root, cfg)
+        except CgroupError as e:
+            why = f"no cgroup v2 subtree delegated to this user ({e})"
+    if lay is None:
+        every = list(CONTROLLERS)
+        lay = Layout(_hierarchy_version(root), "none", {}, [], every, _rlimits(every, cfg))
+    lay.rootless = True
+    lay.weaker_than_root = rootless_weaker(lay, cfg, why)
+    return lay
+
+
+def _hierarchy_version(root: Path) -> int:
+    return 2 if pl.is_v2(root) else 1
+
+
+# What rootless mode always gives up (README, "Running without root"); the caps come on top.
+ROOTLESS_ALWAYS = [
+    "one uid: the caller's own uid is the agent (uid 1000 inside); root inside does not exist, so "
+    "commands the harness runs as root run as the agent",
+    "/usr is shown read-only (no copy-on-write layer)",
+    "/proc/sys, /proc/sysrq-trigger, /proc/irq and /proc/bus are not remounted read-only (the kernel "
+    "refuses it in a user namespace made without root); they stay unwritable for the agent's uid, "
+    "but for the sysctls of the sandbox's own pid and ipc namespaces (kernel/pid_max, shm*, msg*, sem)",
+    "no per-sandbox host uid range: every sandbox of this user shares the caller's host uid, so "
+    "kernel per-user counts charged at the host level (inotify instances and watches, ...) are "
+    "shared: one sandbox can exhaust them for the user's other sandboxes and the harness",
+    "the init has the agent's uid: the agent may signal it (the kernel drops signals to a pid "
+    "namespace's init from inside) but not ptrace it (it is not dumpable)",
+]
+
+
+def rootless_weaker(lay: Layout, cfg: RedlineSandboxConfig, why: str) -> list[str]:
+    out = list(ROOTLESS_ALWAYS)
+    if "pids" in lay.missing:
+        out.append(f"no pids cgroup ({why}): RLIMIT_NPROC={cfg.pids_max} on each command, "
+                   "counting the agent uid's processes in the sandbox's user namespace")
+    if "memory" in lay.missing:
+        out.append(f"no memory cgroup: RLIMIT_AS={cfg.memory_bytes} per process, not for the "
+                   "sandbox as a whole; its tmpfs mounts are not charged to any cap but their size")
+    if "cpu" in lay.missing:
+        out.append("no cpu cgroup: nothing caps the sandbox's CPU share")
+    if not lay.parents:
+        out.append("no cgroup to find processes by: the judge lists the sandbox init's descendants "
+                   "(the pid namespace), and teardown kills its init (the kernel ends the rest)")
+    out.append(f"disk cap per mount, not shared: /home {cfg.disk_bytes} B, /tmp and /var/tmp "
+               f"{tmp_bytes(cfg)} B each")
+    return out
+
+
 def layout_for(cfg: RedlineSandboxConfig) -> Layout:
     """Resolve (once per process and config) where sandbox cgroups go; CgroupError if nowhere."""
     key = (cfg.cgroup_root, cfg.cgroup_placement, cfg.cgroup_name, cfg.allow_weaker_containment,
-           cfg.pids_max, cfg.memory_bytes)
+           cfg.pids_max, cfg.memory_bytes, cfg.disk_bytes, rootless())
     with _layouts_lock:
         if key in _layouts:
             return _layouts[key]
         root = Path(cfg.cgroup_root)
-        lay = _v2_layout(root, cfg) if pl.is_v2(root) else _v1_layout(root, cfg)
-        if lay.missing:
+        if rootless():
+            lay = _rootless_layout(root, cfg)
+            logger.warning("redline: ROOTLESS MODE, WEAKER CONTAINMENT than as root:\n  - %s",
+                           "\n  - ".join(lay.weaker_than_root))
+        else:
+            lay = _v2_layout(root, cfg) if pl.is_v2(root) else _v1_layout(root, cfg)
+        if lay.missing and not lay.rootless:
             logger.warning("redline: WEAKER CONTAINMENT (opted in): no cgroup %s controller; "
                            "rlimits instead: %s", ", ".join(lay.missing), lay.rlimits or "none")
         _layouts[key] = lay

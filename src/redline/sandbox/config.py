@@ -10,6 +10,23 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 GiB = 1 << 30
+ROOT_STATE_ROOT = "/run/redline"
+
+
+def rootless() -> bool:
+    """Rootless mode: the harness runs as a normal user (see README, "Running without root")."""
+    return os.geteuid() != 0
+
+
+def default_state_root() -> str:
+    """/run/redline as root; a normal user's own directory otherwise ($XDG_RUNTIME_DIR/redline,
+    else ~/.local/state/redline), since /run is root's."""
+    if not rootless():
+        return ROOT_STATE_ROOT
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK):
+        return os.path.join(xdg, "redline")
+    return str(Path.home() / ".local" / "state" / "redline")
 
 
 class RedlineSandboxConfig(BaseModel):
@@ -94,7 +111,7 @@ class RedlineSandboxConfig(BaseModel):
         default="/run/redline-ids",
         description="host-wide directory of range lock files, shared by every redline run",
     )
-    state_root: str = "/run/redline"
+    state_root: str = Field(default_factory=lambda: default_state_root())
 
     def __hash__(self) -> int:
         # Inspect caches sandbox environments by config; lists and dicts are not hashable as they are.

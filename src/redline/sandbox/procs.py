@@ -58,6 +58,33 @@ def read_stat(host_pid: int) -> tuple[int, int, int] | None:
     return int(rest[1]), int(rest[19]), int(rest[11]) + int(rest[12])
 
 
+def is_zombie(host_pid: int) -> bool:
+    try:
+        raw = Path(f"/proc/{host_pid}/stat").read_text()
+    except OSError:
+        return False
+    return raw[raw.rindex(")") + 2 :].startswith("Z")
+
+
+def descendants(root_pid: int) -> list[int]:
+    """`root_pid` and every host process below it (one pass over /proc; for a pid namespace's
+    init that is the whole namespace, nested ones included: orphans go to the init)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            st = read_stat(int(entry.name))
+            if st is not None:
+                children.setdefault(st[0], []).append(int(entry.name))
+    if read_stat(root_pid) is None:
+        return []
+    out, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return sorted(out)
+
+
 def ns_pids(host_pid: int) -> list[int]:
     """The pid of a host process in each pid namespace it belongs to, outermost first."""
     try:

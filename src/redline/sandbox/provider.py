@@ -25,7 +25,7 @@ from typing_extensions import override
 
 from redline.sandbox import files, procs
 from redline.sandbox.cgroups import preflight
-from redline.sandbox.config import RedlineSandboxConfig, load_config
+from redline.sandbox.config import RedlineSandboxConfig, default_state_root, load_config
 from redline.sandbox.core import FILE_TIMEOUT, READ_LIMIT, OutputTooLarge, Sandbox
 from redline.sandbox.sweep import live_sandboxes, sweep
 
@@ -103,7 +103,7 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
 
     @classmethod
     async def cli_cleanup(cls, id: str | None) -> None:
-        root = Path(RedlineSandboxConfig.model_fields["state_root"].default)
+        root = Path(default_state_root())  # /run/redline; a normal user's own in rootless mode
         removed = sweep(root, only_id=id)
         alive = live_sandboxes(root)
         print(f"redline: removed {len(removed)} leftover sandbox(es)")

@@ -135,11 +135,17 @@ def usr_local_entries(cfg: RedlineSandboxConfig) -> list[str]:
 PYTHON_IN_USR_LOCAL = ("bin/python3*", "lib/python3*", "lib/libpython3*")
 
 
-def prepare(state: Path, cfg: RedlineSandboxConfig, owners: Owners) -> Path:
-    """Create the state dir and the capped tmpfs; return the tmpfs root."""
+def prepare(state: Path, cfg: RedlineSandboxConfig, owners: Owners | None) -> Path:
+    """Create the state dir and the capped tmpfs; return the tmpfs root.
+
+    `owners` None: rootless. Then rw/ is a plain directory holding only what bwrap lends
+    read-only (/etc, the /usr/local skeleton); the writable mounts are tmpfs that bwrap makes
+    (rootless_writable_args), and every file belongs to the caller, the agent inside."""
     rw = state / "rw"
     rw.mkdir(parents=True)
     (state / "channel").mkdir(mode=0o755)
+    if owners is None:
+        return _prepare_rootless(rw, cfg)
     mount_tmpfs(rw, cfg.disk_bytes)
     dirs: list[Path] = [rw, rw / "up", rw / "wk", rw / "home", rw / "usrlocal"]
     for base in cfg.base_paths:
@@ -170,6 +176,26 @@ def prepare(state: Path, cfg: RedlineSandboxConfig, owners: Owners) -> Path:
     return rw
 
 
+def _prepare_rootless(rw: Path, cfg: RedlineSandboxConfig) -> Path:
+    for d in [rw / "usrlocal", *(rw / "usrlocal" / d for d in USR_LOCAL_SKELETON), rw / "etc"]:
+        d.mkdir(mode=0o755)
+    (rw / "usrlocal" / "man").symlink_to("share/man")
+    for name, text in _etc_files(cfg).items():
+        (rw / "etc" / name).write_text(text)
+    # /etc and /usr/local are lent read-only: bwrap cannot make mount points in them, so they
+    # are made here (an empty directory or file under each read-only bind).
+    points = [(p, rw / "etc" / Path(p).relative_to("/etc")) for p in cfg.etc_binds if os.path.lexists(p)]
+    if "/usr" in cfg.base_paths:
+        points += [(f"/usr/local/{rel}", rw / "usrlocal" / rel) for rel in usr_local_entries(cfg)]
+    for src, point in points:
+        point.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.isdir(src):
+            point.mkdir(exist_ok=True)
+        else:
+            point.touch()
+    return rw
+
+
 def _parents(dst: str, made: set[str], bases: list[str]) -> list[str]:
     """Directories above a bind destination, walkable by the agent: bwrap would make missing ones
     0700. Paths inside the base (e.g. /usr/...) exist already and are left alone."""
@@ -194,10 +220,12 @@ class BwrapFds:
     seccomp: int | None = None
 
 
-def _namespace_args(cfg: RedlineSandboxConfig) -> list[str]:
+def _namespace_args(cfg: RedlineSandboxConfig, rootless: bool = False) -> list[str]:
     # The user namespace (when configured) exists already: the helper made it and bwrap runs
-    # as its root; the namespaces below belong to it.
-    a = ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
+    # as its root; the namespaces below belong to it. Rootless, bwrap makes it, mapping the
+    # caller's one uid/gid to the agent's (the kernel lets a normal user map only its own).
+    a = ["--unshare-user", "--uid", str(cfg.uid), "--gid", str(cfg.gid)] if rootless else []
+    a += ["--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     # --die-with-parent ties the namespace init to the outer bwrap, which exits as soon as the
     # lifeline payload does; the kernel then kills everything in the pid namespace. The init
     # keeps CAP_SYS_ADMIN for its first step only (making /proc/sys read-only, see sbx.c), then
@@ -207,21 +235,25 @@ def _namespace_args(cfg: RedlineSandboxConfig) -> list[str]:
     return a
 
 
-def _system_args(rw: Path, cfg: RedlineSandboxConfig, src: dict[str, str]) -> list[str]:
+def _system_args(rw: Path, cfg: RedlineSandboxConfig, src: dict[str, str],
+                 rootless: bool = False) -> list[str]:
     a: list[str] = []
     for base in cfg.base_paths:
         name = base.strip("/").replace("/", "_")
+        if rootless:  # no capped tmpfs for an upper dir: read-only (the agent could not write it anyway)
+            a += ["--ro-bind", base, base]
+            continue
         a += ["--overlay-src", src.get(base, base), "--overlay", str(rw / "up" / name),
               str(rw / "wk" / name), base]
     if "/usr" in cfg.base_paths:
-        a += ["--bind", str(rw / "usrlocal"), "/usr/local"]
+        a += ["--ro-bind" if rootless else "--bind", str(rw / "usrlocal"), "/usr/local"]
         for rel in usr_local_entries(cfg):
             a += ["--ro-bind", f"/usr/local/{rel}", f"/usr/local/{rel}"]
     for link, target in (("/bin", "usr/bin"), ("/lib", "usr/lib"), ("/lib64", "usr/lib64"),
                          ("/sbin", "usr/sbin")):
         if Path(link).is_symlink() and Path("/usr").joinpath(target[4:]).exists():
             a += ["--symlink", target, link]
-    a += ["--bind", str(rw / "etc"), "/etc"]
+    a += ["--ro-bind" if rootless else "--bind", str(rw / "etc"), "/etc"]
     for p in cfg.etc_binds:
         if os.path.lexists(p):
             a += ["--ro-bind", src.get(p, p), p]
@@ -239,20 +271,43 @@ def _kernel_args() -> list[str]:
     return a
 
 
+def tmp_bytes(cfg: RedlineSandboxConfig) -> int:
+    """Rootless: the size of /tmp and of /var/tmp (each a tmpfs of its own)."""
+    return max(16 << 20, cfg.disk_bytes // 4)
+
+
+def rootless_writable_args(cfg: RedlineSandboxConfig, tmp_size: int) -> list[str]:
+    """Rootless: each writable place is a size-capped tmpfs of bwrap's own (a normal user cannot
+    mount the one shared tmpfs on the host), made while bwrap still holds its capabilities."""
+    home = home_of(cfg)
+    return ["--size", str(cfg.disk_bytes), "--perms", "0755", "--tmpfs", "/home",
+            "--perms", "0755", "--dir", home,
+            "--perms", "0755", "--dir", "/var",
+            "--size", str(tmp_size), "--perms", "1777", "--tmpfs", "/tmp",
+            "--size", str(tmp_size), "--perms", "1777", "--tmpfs", "/var/tmp",
+            "--perms", "0700", "--dir", "/root"]
+
+
 def bwrap_args(state: Path, cfg: RedlineSandboxConfig, fds: BwrapFds, init_binary: str,
-               staged: dict[str, str] | None = None, view: Path | None = None) -> list[str]:
+               staged: dict[str, str] | None = None, view: Path | None = None,
+               rootless_tmp: int | None = None) -> list[str]:
     """bwrap's arguments; `staged` maps host sources to where bwrap should take them from, and
-    `view` is where bwrap sees the state directory (see core.VIEW)."""
+    `view` is where bwrap sees the state directory (see core.VIEW). `rootless_tmp` (the size of
+    /tmp and /var/tmp): rootless mode."""
     label = state.name
     state = view or state
     rw = state / "rw"
     src = staged or {}
-    a = _namespace_args(cfg) + _system_args(rw, cfg, src)
-    a += ["--bind", str(rw / "home"), "/home"]
-    # bwrap makes missing parents 0700; the agent must be able to walk them.
-    a += ["--perms", "0755", "--dir", "/var"]
-    a += ["--bind", str(rw / "tmp"), "/tmp", "--bind", str(rw / "vartmp"), "/var/tmp"]
-    a += ["--bind", str(rw / "root"), "/root"]
+    rootless = rootless_tmp is not None
+    a = _namespace_args(cfg, rootless) + _system_args(rw, cfg, src, rootless)
+    if rootless_tmp is not None:
+        a += rootless_writable_args(cfg, rootless_tmp)
+    else:
+        a += ["--bind", str(rw / "home"), "/home"]
+        # bwrap makes missing parents 0700; the agent must be able to walk them.
+        a += ["--perms", "0755", "--dir", "/var"]
+        a += ["--bind", str(rw / "tmp"), "/tmp", "--bind", str(rw / "vartmp"), "/var/tmp"]
+        a += ["--bind", str(rw / "root"), "/root"]
     a += _kernel_args()
     a += ["--size", str(1 << 20), "--perms", "0755", "--tmpfs", "/run"]
     a += ["--ro-bind", init_binary, INIT_PATH]

@@ -106,6 +106,18 @@ static void read_bpf_fd(int fd, struct sock_fprog *prog)
     close(fd);
 }
 
+/* Rootless mode: bwrap made the user namespace unprivileged, so the kernel forbids setgroups
+   in it ("deny" in /proc/self/setgroups) and the caller's groups stay, unmapped (nobody). */
+static int setgroups_denied(void)
+{
+    char buf[8] = {0};
+    int fd = open("/proc/self/setgroups", O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof buf - 1);
+    if (fd >= 0)
+        close(fd);
+    return n > 0 && strncmp(buf, "deny", 4) == 0;
+}
+
 static void protect_proc(void)
 {
     static const char *const paths[] = {"/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"};
@@ -113,8 +125,14 @@ static void protect_proc(void)
     for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
         if (access(paths[i], F_OK) < 0)
             continue;
-        if (mount(paths[i], paths[i], NULL, MS_BIND | MS_REC, NULL) < 0 || mount(NULL, paths[i], NULL, ro, NULL) < 0)
+        if (mount(paths[i], paths[i], NULL, MS_BIND | MS_REC, NULL) < 0 || mount(NULL, paths[i], NULL, ro, NULL) < 0) {
+            /* Rootless (bwrap made the user namespace unprivileged): the kernel refuses these
+               binds; the files stay unwritable for the agent all the same (they belong to ids
+               it does not have), which the rootless containment record says. */
+            if (errno == EPERM && setgroups_denied())
+                return;
             die("make read-only", paths[i]);
+        }
     }
 }
 
@@ -125,6 +143,10 @@ static int run_init(int ready, int lifeline, int bpf)
     if (bpf >= 0)
         read_bpf_fd(bpf, &prog);
     protect_proc();
+    /* Not dumpable: nothing without CAP_SYS_PTRACE can ptrace the init (rootless, it has the
+       agent's uid; taking it over could keep the sandbox past the harness's end). */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0)
+        die("not dumpable", NULL);
     drop_bounding_set();
     clear_capabilities();
     if (prog.len && syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0)
@@ -195,7 +217,9 @@ static void clear_capabilities(void)
 static void drop_privileges(uid_t uid, gid_t gid)
 {
     drop_bounding_set();
-    if (setgroups(0, NULL) < 0 || setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
+    if (setgroups(0, NULL) < 0 && !(errno == EPERM && setgroups_denied()))
+        die("set user", NULL);
+    if (setresgid(gid, gid, gid) < 0 || setresuid(uid, uid, uid) < 0)
         die("set user", NULL);
     /* Root inside keeps uid 0 but no capability at all. */
     clear_capabilities();

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from redline.sandbox import idmap, procs, rootfs
 from redline.sandbox.cgroups import CgroupError, Cgroups
+from redline.sandbox.config import rootless
 
 
 def _owner_alive(state: Path) -> bool:
@@ -34,7 +35,8 @@ def remove_sandbox(state: Path) -> None:
     except CgroupError:
         emptied = False  # removal below fails for a cgroup still in use; the next sweep tries again
     cg.remove()
-    rootfs.umount_lazy(state / "rw")
+    if not rootless():  # rootless, rw/ is a plain directory (and umount is root's)
+        rootfs.umount_lazy(state / "rw")
     if any(d.exists() for d in dirs):
         return  # keep the record: a later sweep retries these cgroups
     try:  # the sandbox's uid range, once nothing runs in it any more

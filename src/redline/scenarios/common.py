@@ -55,8 +55,11 @@ def load_texts(module_file: str) -> dict[str, Any]:
 
 
 def default_state_root() -> str:
-    """Where sandboxes keep their host-side state: `$REDLINE_STATE_ROOT`, else /run/redline."""
-    return os.environ.get(STATE_ROOT_ENV) or DEFAULT_STATE_ROOT
+    """Where sandboxes keep their host-side state: `$REDLINE_STATE_ROOT`, else /run/redline (a
+    normal user's own directory when not root: `redline.sandbox.config.default_state_root`)."""
+    from redline.sandbox.config import default_state_root as sandbox_default
+
+    return os.environ.get(STATE_ROOT_ENV) or sandbox_default()
 
 
 # ------------------------------------------------------------------------------ options
