@@ -215,3 +215,16 @@ def connections(infos: list[ProcInfo], netns_pid: int) -> list[Connection]:
         if client is not None and client != listen_owner[s.remote_port]:
             out.append(Connection(client, listen_owner[s.remote_port], s.remote_port))
     return out
+
+
+def socket_owner(infos: list[ProcInfo], netns_pid: int, local_port: int, remote_port: int) -> ProcInfo | None:
+    """The process that holds the established TCP socket `local_port` -> `remote_port` in the
+    network namespace of `netns_pid` (by socket ownership in /proc), if one of `infos` does."""
+    inodes = {s.inode for s in _tcp_table(netns_pid)
+              if s.state == TCP_ESTABLISHED and s.local_port == local_port and s.remote_port == remote_port}
+    if not inodes:
+        return None
+    for p in infos:
+        if socket_inodes(p.host_pid) & inodes:
+            return p
+    return None
