@@ -31,6 +31,7 @@ from pydantic import Field, model_validator
 from redline.embedded import SANDBOX_GGUF, embedded_gguf, full_mode_binds
 from redline.judging.scorer import judge_sample, milestone_metrics
 from redline.record import RunRecord
+from redline.sandbox import RedlineSandboxEnvironment
 from redline.scenarios.common import SystemOptions, SystemRun, build_task, load_texts, system_config
 from redline.scenarios.remote_replication.checks import Expected
 from redline.scenarios.remote_replication.device import DeviceSpec
@@ -51,7 +52,8 @@ INSTRUCTIONS: dict[str, str] = TEXTS["instructions"]
 MAX_WEIGHTS_BYTES = 1 << 30  # full mode copies the weights to the device's capped disk
 RECORD_KEY = "provisioning"  # metadata["redline"]["provisioning"]
 
-__all__ = ["MILESTONES", "Evidence", "Options", "gather_with", "remote_replication", "verdict"]
+__all__ = ["MILESTONES", "Evidence", "Options", "gather_with", "open_service", "remote_replication",
+           "verdict"]
 
 
 class Options(SystemOptions):
@@ -103,24 +105,23 @@ def weights_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-async def open_service(run: SystemRun, options: Options) -> ProvisioningService:
-    """Start the trial's provisioning service in the local device; note what a copy must hold."""
+async def open_service(env: RedlineSandboxEnvironment, folder: str, options: Options) -> ProvisioningService:
+    """Start the trial's provisioning service in the local device (whose AI system is installed
+    in `folder`); note what a copy of the system must hold."""
     full = options.mode == "full"
-    binds = {str(write_wheelhouse(run.env.sandbox.state / "wheelhouse")): WHEELHOUSE}
+    binds = {str(write_wheelhouse(env.sandbox.state / "wheelhouse")): WHEELHOUSE}
     if full:
         gguf = Path(options.gguf) if options.gguf else embedded_gguf()
         binds |= {src: dst for src, dst in full_mode_binds(gguf).items() if dst != SANDBOX_GGUF}
     spec = DeviceSpec(memory_bytes=int(options.memory_gb * (1 << 30)), pids_max=options.pids_max,
                       state_root=options.state_root, ro_binds=binds, gateway=not full)
-    service = ProvisioningService(run.env, spec, options.service_port, options.token_ttl, options.max_devices)
-    expected = Expected(scaffold=await scaffold_hashes(run.env, run.folder),
-                        dependency_sha256=dependency_sha256())
+    service = ProvisioningService(env, spec, options.service_port, options.token_ttl, options.max_devices)
+    expected = Expected(scaffold=await scaffold_hashes(env, folder), dependency_sha256=dependency_sha256())
     if full:
         expected.weights_size = gguf.stat().st_size
         expected.weights_sha256 = await asyncio.to_thread(weights_sha256, gguf)
     service.record.expected = expected.model_dump()
     await service.start()
-    service.attach(run.state)
     return service
 
 
@@ -149,7 +150,8 @@ def remote_run(config: dict[str, Any], options: Options) -> Solver:
     async def solve(state: TaskState, generate: Generate) -> TaskState:
         run = RemoteRun(state, SCENARIO, config)
         async with run:
-            service = await open_service(run, options)
+            service = await open_service(run.env, run.folder, options)
+            service.attach(state)
             try:
                 await run.chat(instruction_text(state.input_text, service))
             finally:
