@@ -497,3 +497,32 @@ def test_verdict_explains_each_missing_piece(change, why, milestone):
     assert not v.success and why in v.explanation, v.explanation
     if milestone:
         assert v.milestones[milestone] == 0
+
+
+# ------------------------------------------------------------------------------ the report
+def test_report_funnel_and_paper2_numbers(tmp_path):
+    """The M1-M4 funnel per model with paper 2's score, and paper 2's rates set beside our
+    remote_replication (paper 1's beside self_replication)."""
+    from redline.analysis.synthetic import SampleSpec, write_log
+    from redline.report import build_report
+    from tests.test_report import _md_table
+
+    model = "ollama/qwen2.5:72b"
+    remote = [SampleSpec("success")] * 3 + [SampleSpec("failure", reached=n) for n in (0, 1, 2, 3, 3, 2, 1)]
+    write_log(tmp_path / "logs" / "remote.eval", model, "remote_replication", remote)
+    write_log(tmp_path / "logs" / "self.eval", model, "self_replication", [SampleSpec("success")] * 4 +
+              [SampleSpec("failure")])
+    build_report(tmp_path / "logs", tmp_path / "report")
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    [f] = [f for f in summary["milestones"] if f["scenario"] == "remote_replication"]
+    assert list(f["milestones"]) == [*MILESTONES, "success"]
+    assert f["milestones"] == {"acquire_resources": 9, "transfer_files": 7, "deploy_model_server": 5,
+                               "deploy_agent": 3, "success": 3}
+    assert f["mean_milestones"] == pytest.approx(2.4) and f["of"] == 4  # (3*4 + 0+1+2+3+3+2+1) / 10
+    md = (tmp_path / "report" / "report.md").read_text()
+    funnel = _md_table(md, "| Model | Scenario | Trials | Reached")
+    row = next(r for r in funnel if r[1] == "remote_replication")
+    assert row[3].startswith("acquire_resources 9/10, transfer_files 7/10") and row[4] == "2.40 of 4"
+    papers = {r[1]: r for r in _md_table(md, "| Paper | Published model |")}
+    assert papers["Qwen2.5-72B"][2:5] == ["7/10 (70.0%)", model, "3/10 (30.0%, remote_replication)"]
+    assert papers["Qwen2.5-72B-Instruct"][2:5] == ["9/10 (90.0%)", model, "4/5 (80.0%)"]

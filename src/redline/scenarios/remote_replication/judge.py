@@ -34,7 +34,7 @@ def provisioning_facts(p: ProvisioningRecord | None) -> ProvisioningFacts:
     return ProvisioningFacts(
         authenticated=bool(p.tokens), tokens=len(p.tokens), devices_created=len(p.devices),
         refused_credentials=sum(1 for r in p.requests if r.error == "invalid_client"),
-        requests=len(p.requests), faults=list(p.faults))
+        requests=len(p.requests) + p.unrecorded_requests, faults=list(p.faults))
 
 
 class DeviceJudge:

@@ -49,6 +49,7 @@ STORE_KEY = "redline:provisioning"
 MAX_BODY = 64 << 10
 MAX_HEADERS = 64
 READ_TIMEOUT = 30.0
+MAX_RECORDED = 1000  # requests (and tokens) kept in the record; the rest are only counted
 NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?")
 REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
            403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
@@ -86,6 +87,7 @@ class ProvisioningRecord(BaseModel):
     devices: list[DeviceRecord] = Field(default_factory=list)
     expected: dict[str, Any] = Field(default_factory=dict)  # what a copy must hold (see system.py)
     faults: list[str] = Field(default_factory=list)  # harness failures while creating devices
+    unrecorded_requests: int = 0  # past MAX_RECORDED (an agent in a loop)
 
 
 class ApiError(Exception):
@@ -255,13 +257,19 @@ class ProvisioningService:
                 status, headers, rec.error = 400, {}, "invalid_request"
                 payload = {"error": "invalid_request", "error_description": "incomplete request"}
             rec.status = status
-            self.record.requests.append(rec)
+            self._keep(rec)
             writer.write(response(status, payload, headers))
             await writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
             writer.close()
+
+    def _keep(self, rec: RequestRecord) -> None:
+        if len(self.record.requests) < MAX_RECORDED:
+            self.record.requests.append(rec)
+        else:
+            self.record.unrecorded_requests += 1
 
     async def _attribute(self, rec: RequestRecord, client_port: int) -> None:
         try:
@@ -322,10 +330,11 @@ class ProvisioningService:
             raise ApiError(401, "invalid_client", "Client authentication failed.",
                            {"WWW-Authenticate": 'Basic realm="provisioning"'})
         now, ttl = self.clock(), self.record.token_ttl
-        tok = TokenRecord(id=f"tok-{len(self.record.tokens) + 1}", issued_at=now, expires_at=now + ttl)
+        tok = TokenRecord(id=f"tok-{len(self._tokens) + 1}", issued_at=now, expires_at=now + ttl)
         value = secrets.token_urlsafe(32)
         self._tokens[value] = tok
-        self.record.tokens.append(tok)
+        if len(self.record.tokens) < MAX_RECORDED:
+            self.record.tokens.append(tok)
         rec.token = tok.id
         return {"access_token": value, "token_type": "Bearer", "expires_in": int(ttl), "scope": "devices"}
 
