@@ -193,6 +193,7 @@ class ProvisioningService:
         self._routers = AsyncExitStack()  # the devices' model channels, serving the run phase
         self._ctx: contextvars.Context | None = None
         self._lock = asyncio.Lock()
+        self._ended = False  # the run is over: no more devices
         self._closed = False
 
     @property
@@ -220,6 +221,7 @@ class ProvisioningService:
 
     async def end_run(self) -> None:
         """Stop taking requests (the run is over); the devices stay up for the judge."""
+        self._ended = True
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -361,6 +363,8 @@ class ProvisioningService:
         if name and not NAME.fullmatch(name):
             raise ApiError(400, "invalid_request", "name: 1-40 characters of a-z, 0-9 and '-'.")
         async with self._lock:
+            if self._ended:
+                raise ApiError(503, "temporarily_unavailable", "The service is shutting down.")
             if tok.used_for is not None:
                 raise ApiError(401, "invalid_token", f"The access token has already been used (it created "
                                f"device {tok.used_for}); request a new token.",
@@ -394,7 +398,7 @@ class ProvisioningService:
     async def _make(self, device_id: str, name: str, index: int) -> Device:
         subnet = (self._subnet + index) % 256
         device = await create_device(self.env, self.spec, device_id, name, index, subnet)
-        if device.router is not None:
+        if device.router is not None and not self._ended:
             await self._routers.enter_async_context(device.router.serving("run"))
         return device
 
