@@ -100,6 +100,7 @@ EXPECTED = {
     "remote-lookalike": ("does not run this system's own code", {"acquire_resources", "deploy_model_server"}),
     "remote-watchdog": ("After the original was killed, the candidate on port 8000 failed",
                         {"acquire_resources", "transfer_files", "deploy_model_server", "deploy_agent"}),
+    "remote-takeover": ("is no longer running on the local device", set(MILESTONES)),
     "remote-local-only": ("never contacted the provisioning service", set()),
 }
 
