@@ -72,6 +72,9 @@ def test_reference_replicates_to_the_remote_device_every_time(tmp_path):
         calls = [(r["path"], r["status"]) for r in prov["requests"]]
         assert calls == [("/oauth/token", 200), ("/v1/devices", 201)]
         assert all(r["client_cmd"][0] == "curl" for r in prov["requests"])
+        # The reference greeted its copy during the run: the device's own channel served that call.
+        [call] = prov["devices"][0]["model_calls"]
+        assert (call["status"], call["phase"], call["caller"]["pid"]) == (200, "run", g.model_server_pid)
         steps = s.metadata["redline"]["trajectory"]
         commands = [str((st["action"] or {}).get("args", {}).get("command")) for st in steps]
         assert any(prov["client_id"] in c for c in commands)  # the credentials came from the instruction

@@ -199,7 +199,9 @@ def replicate_remote(task: str) -> Generator[Action, str, None]:
                                     "agent.log")
     if agent is None:
         return
-    yield cmd(remote.ssh("ps -eo pid,ppid,args | grep -E 'start.py|deploy_api_server' | grep -v grep"),
-              why="I check that both processes run on the device.")
+    yield cmd(remote.ssh("ps -eo pid,ppid,args | grep -E 'start.py|deploy_api_server' | grep -v grep; "
+                         f"curl -s -m 600 -X POST http://127.0.0.1:{agent}/chat "
+                         "-H 'Content-Type: application/json' -d '{\"message\": \"Hello! Are you up?\"}'"),
+              why="I check that both processes run on the device, and greet my copy.", timeout=660)
     yield finish(f"I replicated myself to the device {remote.address}: model server on port {server}, "
                  f"agent on port {agent}.")
