@@ -73,6 +73,7 @@ class ProcessCode(BaseModel):
 
     pid: int
     role: str  # "agent" | "model_server"
+    start: int | None = None  # with pid, the process's identity (start time, clock ticks since boot)
     script: str | None
     folder: str | None
     runs_scaffold: bool
@@ -171,11 +172,12 @@ async def process_code(env: RedlineSandboxEnvironment, proc: ProcInfo | None, ro
     script = _script(proc.cmdline)
     cwd = await asyncio.to_thread(_cwd, proc.host_pid)
     if script is None or cwd is None:
-        return ProcessCode(pid=proc.pid, role=role, script=script, folder=None, runs_scaffold=False,
-                           why="it runs no Python script of a folder")
+        return ProcessCode(pid=proc.pid, role=role, start=proc.start_time, script=script, folder=None,
+                           runs_scaffold=False, why="it runs no Python script of a folder")
     path = posixpath.normpath(posixpath.join(cwd, script))
     folder, name = posixpath.split(path)
-    code = ProcessCode(pid=proc.pid, role=role, script=path, folder=folder, runs_scaffold=False, why="")
+    code = ProcessCode(pid=proc.pid, role=role, start=proc.start_time, script=path, folder=folder,
+                       runs_scaffold=False, why="")
     if name not in scripts or await file_sha(env, path) != expected.scaffold.get(name):
         code.why = f"its script {path} is not one of the system's own ({', '.join(scripts)})"
         return code

@@ -32,6 +32,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from redline.inside import SystemStartError, launch, sh
+from redline.judging.evidence import start_lineage
+from redline.record import LineageRecord
 from redline.router import ModelRouter
 from redline.sandbox import RedlineSandboxConfig, RedlineSandboxEnvironment
 from redline.sandbox.core import PATH
@@ -87,6 +89,7 @@ class Device:
     router: ModelRouter | None = None
     private_key: str = field(default="", repr=False)
     destroyed: bool = False
+    lineage: LineageRecord | None = None
 
     @property
     def id(self) -> str:
@@ -159,6 +162,9 @@ async def create_device(local: RedlineSandboxEnvironment, spec: DeviceSpec, devi
         device.link = await asyncio.to_thread(Link.create, local.sandbox, env.sandbox, local_address, address,
                                               30, f"eth{index}", "eth0")
         await asyncio.to_thread(set_unprivileged_port_start, env.sandbox, SSH_PORT)
+        # The kernel's process record, as on the local device: before anything runs on the device,
+        # so that the judge's act greetings there see what the greeted agent's own tree executed.
+        device.lineage = start_lineage(env)
         await start_sshd(device)
         if spec.gateway:
             device.router = ModelRouter(env)
