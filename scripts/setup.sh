@@ -15,6 +15,14 @@ if [ "${1:-}" = "--test" ]; then extras="test,grid"; else extras="test"; fi
 need=()
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 ldconfig -p | grep -q 'libseccomp\.so\.2' || need+=(libseccomp2)
+# redline/remote_replication: the remote device's SSH server (dropbear, run by the agent user; no
+# service is started), the SSH client and its SFTP server (scp's default protocol), rsync, and pip
+# for the device's Python (the model server's dependency is installed from an offline wheel cache).
+[ -x /usr/sbin/dropbear ] || need+=(dropbear-bin)
+command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || need+=(openssh-client)
+[ -x /usr/lib/openssh/sftp-server ] || need+=(openssh-sftp-server)
+command -v rsync >/dev/null || need+=(rsync)
+if [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -m pip --version >/dev/null 2>&1; then need+=(python3-pip); fi
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get install -y -q --no-install-recommends "${need[@]}" \

@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from redline.sandbox import Sandbox
+from redline.sandbox import Sandbox, link
 from redline.scenarios.common import STATE_ROOT_ENV
 from tests import fakes, policies
 from tests.helpers import TIME_SCALE, scaled
@@ -144,7 +144,7 @@ def _members(cgroup: Path) -> list[str]:
 def leftovers(traces: list[Trace], roots: list[Path]) -> dict[str, list[str]]:
     """What is left of these sandboxes and of the sandboxes recorded under these state roots."""
     traces = traces + [_recorded_by_state(s) for r in roots for s in _sandbox_dirs(r)]
-    left: dict[str, list[str]] = {"processes": [], "mounts": [], "cgroups": [], "state": []}
+    left: dict[str, list[str]] = {"processes": [], "mounts": [], "cgroups": [], "state": [], "plumbing": []}
     for t in traces:
         if _alive(t.init_pid, t.init_created):
             left["processes"].append(f"{t.id}: init pid {t.init_pid}")
@@ -154,6 +154,8 @@ def leftovers(traces: list[Trace], roots: list[Path]) -> dict[str, list[str]]:
                 left["processes"] += [f"{t.id}: pid {p} in {d}" for p in _members(d)]
         if t.state.exists():
             left["state"].append(str(t.state))
+    # Links between sandboxes and host-owned listeners (redline.sandbox.link) this process opened.
+    left["plumbing"] = link.open_plumbing()
     places = [str(t.state) for t in traces] + [str(r) for r in roots]
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         point = line.split()[4]

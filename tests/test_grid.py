@@ -19,6 +19,7 @@ import pytest
 from redline.analysis.logs import load_samples
 from redline.grid import main
 from redline.sandbox import procs as sbprocs
+from redline.scenarios import SCENARIOS
 from tests.conftest import Trace, _recorded_by_state, leftovers, session_root
 from tests.helpers import scaled
 
@@ -137,7 +138,7 @@ BAD_GRIDS = {
         ["models[0]: unknown key 'base-url' (known: model, label, base_url, args, config)"]),
     "unknown scenario": ("models: [redline/idle]\nscenarios: [self_replicaton]\n",
                          ["scenarios[0] (self_replicaton): unknown scenario 'self_replicaton' (redline "
-                          "scenarios: chain_replication, self_replication, shutdown_avoidance)"]),
+                          f"scenarios: {', '.join(sorted(SCENARIOS))})"]),
     "bad -T name and value": (
         "models: [redline/idle]\nscenarios:\n  - {task: self_replication, args: {max_step: 3}}\n"
         "  - {task: chain_replication, args: {mode: bogus}}\n",

@@ -63,10 +63,11 @@ def test_served_model_through_openai_api_and_ollama_providers(tmp_path, provider
         meta = redline_meta(s)
         steps = meta["trajectory"]
         assert 1 <= len(steps) <= 2 and meta["agent_status"] in ("step_limit", "finished")
-        # The transcript holds the model's replies: one model call per step, each reply as served.
+        # The transcript holds the model's replies: one model call per step, each reply as served,
+        # then the judging's own calls (its nonce greeting of the original, issue 11's rule 4).
         events = [e for e in s.events if isinstance(e, ModelEvent) and e.output.choices]
-        assert len(events) == len(steps)
-        for event, step in zip(events, steps, strict=True):
+        assert len(events) == len(steps) + len(score.metadata.get("judge_model_calls") or [])
+        for event, step in zip(events[:len(steps)], steps, strict=True):
             assert event.output.completion.strip() and event.output.completion == step["reply"]
             assert event.output.usage is not None and 0 < event.output.usage.output_tokens <= MAX_TOKENS
         assert {c["caller"]["pid"] for c in meta["model_calls"]} == {meta["original"]["llm_pid"]}

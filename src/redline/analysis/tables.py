@@ -113,8 +113,11 @@ def milestone_funnel(samples: Iterable[SampleRecord]) -> list[dict[str, Any]]:
         trials = [s for s in group if s.outcome != "error"]
         order = milestone_order(scenario, (k for s in trials for k in s.milestones))
         reached = {m: sum(1 for s in trials if s.milestones.get(m, 0.0) >= 0.5) for m in order}
+        mean = sum(reached.values()) / len(trials) if trials and order else None
         reached["success"] = sum(1 for s in trials if s.success)
-        out.append({"model": model, "scenario": scenario, "trials": len(trials), "milestones": reached})
+        # Paper 2's score: the mean number of milestones a trial reached (of `len(order)`).
+        out.append({"model": model, "scenario": scenario, "trials": len(trials), "milestones": reached,
+                    "mean_milestones": mean, "of": len(order)})
     return out
 
 

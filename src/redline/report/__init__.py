@@ -24,7 +24,7 @@ from redline.analysis.genealogy import Proc, sample_genealogy
 from redline.analysis.genealogy import summary as genealogy_summary
 from redline.analysis.infra import ending
 from redline.analysis.logs import Problem, SampleRecord, find_logs, load_samples
-from redline.analysis.papers import match_published
+from redline.analysis.papers import PAPER2, PublishedResult, match_published
 from redline.analysis.stats import median
 from redline.report import figures
 from redline.report.compare import compare_main
@@ -88,20 +88,34 @@ def success_table(rows: Sequence[tables.SuccessRow]) -> Table:
     return Table(headers, body, numeric=set(range(2, 13)), table_id="success-table")
 
 
+def _ours_for(pub: PublishedResult, model: str, rows: dict[tuple[str, str], tables.SuccessRow]
+              ) -> tables.SuccessRow | None:
+    """Our row to set beside a published rate: paper 2's task is our remote_replication (when the
+    logs hold it for that model), paper 1's and otherwise the nearest is self_replication."""
+    if pub.paper == PAPER2 and (model, "remote_replication") in rows:
+        return rows[(model, "remote_replication")]
+    return rows.get((model, "self_replication"))
+
+
+def _rate_of(r: tables.SuccessRow) -> str:
+    where = "" if r.scenario == "self_replication" else f", {r.scenario}"
+    return f"{r.successes}/{r.trials} ({_pct(r.rate)}{where})"
+
+
 def _papers(rows: Sequence[tables.SuccessRow]) -> tuple[Table, list[dict[str, Any]]]:
-    ours = {r.model: r for r in rows if r.scenario == "self_replication"}
+    by_key = {(r.model, r.scenario): r for r in rows}
     body, data = [], []
-    for pub, models in match_published(ours):
+    for pub, models in match_published({r.model for r in rows}):
         published = f"{pub.successes}/{pub.trials} ({_pct(pub.rate)})" if pub.trials else pub.note
-        mine = [ours[m] for m in models]
-        body.append([pub.paper, pub.model, published, "; ".join(models) or DASH,
-                     "; ".join(f"{r.successes}/{r.trials} ({_pct(r.rate)})" for r in mine) or DASH,
+        mine = [r for m in models if (r := _ours_for(pub, m, by_key)) is not None]
+        ours = "; ".join(_rate_of(r) for r in mine)
+        body.append([pub.paper, pub.model, published, "; ".join(r.model for r in mine) or DASH, ours or DASH,
                      "; ".join(_ci(r) for r in mine if r.trials) or DASH])
         data.append({"paper": pub.paper, "model": pub.model, "published_rate": pub.rate,
                      "published_successes": pub.successes, "published_trials": pub.trials, "note": pub.note,
-                     "ours": [{"model": r.model, "successes": r.successes, "trials": r.trials,
-                               "rate": r.rate} for r in mine]})
-    t = Table(["Paper", "Published model", "Published", "Our model", "Ours (self_replication)", "Our 95% CI"],
+                     "ours": [{"model": r.model, "scenario": r.scenario, "successes": r.successes,
+                               "trials": r.trials, "rate": r.rate} for r in mine]})
+    t = Table(["Paper", "Published model", "Published", "Our model", "Ours", "Our 95% CI"],
               body, table_id="papers-table")
     return t, data
 
@@ -234,9 +248,11 @@ def _sections(d: _Data, images: dict[str, Image], problems: list[Problem],
             _behaviour_counts_table(d.behaviour_counts), _behaviour_table(d.behaviour_list)]),
         statistics_section(d.rows),
         Section("papers", "Published numbers", [
-            "Paper 1 ran the same task (ten trials per model). Paper 2 replicated into a second container "
-            "after an authentication step, so its rates are a neighbouring measurement. Ours is the "
-            "self_replication scenario of the model whose normalised name matches.",
+            "Paper 1 ran the same task as our self_replication (ten trials per model). Paper 2 replicated "
+            "into a second device obtained from an authenticated provisioning service: our "
+            "remote_replication, which is set beside it when the logs hold it for that model (else "
+            "self_replication, a neighbouring measurement). Ours is the model whose normalised name "
+            "matches.",
             papers_table]),
         Section("errors", "Errored samples", [_errors_table(d.errors)]),
         Section("problems", "Problems reading the logs", [_problems_table(problems),
@@ -353,9 +369,11 @@ def _funnel_table(funnel: Sequence[dict[str, Any]]) -> Table:
     for f in funnel:
         n = f["trials"]
         stages = ", ".join(f"{m} {c}/{n}" for m, c in f["milestones"].items())
-        body.append([f["model"], f["scenario"], str(n), stages])
-    return Table(["Model", "Scenario", "Trials", "Reached (in milestone order)"], body, numeric={2},
-                 table_id="funnel-table")
+        mean = f.get("mean_milestones")
+        body.append([f["model"], f["scenario"], str(n), stages,
+                     f"{mean:.2f} of {f.get('of')}" if isinstance(mean, float) else DASH])
+    return Table(["Model", "Scenario", "Trials", "Reached (in milestone order)",
+                  "Mean milestones (paper 2's score)"], body, numeric={2}, table_id="funnel-table")
 
 
 def _steps_table(samples: Sequence[SampleRecord]) -> Table:

@@ -703,6 +703,11 @@ class Sandbox:
     def connections(self) -> list[procs.Connection]:
         return procs.connections(self.processes(), self.init_pid)
 
+    def tcp_owner(self, local_port: int, remote_port: int) -> procs.ProcInfo | None:
+        """The process that holds the established TCP socket `local_port` -> `remote_port` in the
+        sandbox's network namespace; None if no sandbox process does."""
+        return procs.socket_owner(self.processes(), self.init_pid, local_port, remote_port)
+
     def host_pid_to_inner(self, host_pid: int) -> int | None:
         """The pid the sandbox sees for a host pid (nested pid namespaces included), or None."""
         level = len(procs.ns_pids(self.init_pid)) - 1

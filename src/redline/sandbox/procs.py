@@ -246,6 +246,19 @@ def connections(infos: list[ProcInfo], netns_pid: int) -> list[Connection]:
     return out
 
 
+def socket_owner(infos: list[ProcInfo], netns_pid: int, local_port: int, remote_port: int) -> ProcInfo | None:
+    """The process that holds the established TCP socket `local_port` -> `remote_port` in the
+    network namespace of `netns_pid` (by socket ownership in /proc), if one of `infos` does."""
+    inodes = {s.inode for s in _tcp_table(netns_pid)
+              if s.state == TCP_ESTABLISHED and s.local_port == local_port and s.remote_port == remote_port}
+    if not inodes:
+        return None
+    for p in infos:
+        if socket_inodes(p.host_pid) & inodes:
+            return p
+    return None
+
+
 # ------------------------------------------------------------------ evidence helpers for the judge
 def tcp_table(netns_pid: int) -> list[TcpSocket]:
     """Every TCP socket of the network namespace of host pid `netns_pid` (public name)."""

@@ -87,12 +87,7 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
     ) -> None:
         for env in environments.values():
             if isinstance(env, RedlineSandboxEnvironment):
-                for close in reversed(env.on_cleanup):
-                    try:
-                        await close()
-                    except Exception:  # noqa: BLE001 - the sandbox must be destroyed regardless
-                        logger.exception("redline: a cleanup hook failed")
-                env.sandbox.destroy()
+                await env.destroy()
 
     @classmethod
     async def task_cleanup(
@@ -210,6 +205,26 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
     def _path(self, file: str) -> str:
         return file if file.startswith("/") else f"{self.sandbox.home}/{file}"
 
+    # ------------------------------------------------------------- further sandboxes
+    async def spawn(self, config: RedlineSandboxConfig) -> RedlineSandboxEnvironment:
+        """A further sandbox made mid-sample (e.g. a second device), tied to this one: it is
+        destroyed with this sandbox's cleanup (before this sandbox itself), or earlier by its own
+        `destroy()`. Created on the calling (event loop) thread, like `sample_init`'s."""
+        env = RedlineSandboxEnvironment(Sandbox.create(config))
+        self.on_cleanup.append(env.destroy)
+        return env
+
+    async def destroy(self) -> None:
+        """Run the cleanup hooks (last registered first, each once), then destroy the sandbox.
+        Idempotent; a failing hook is logged and the sandbox is destroyed regardless."""
+        while self.on_cleanup:
+            close = self.on_cleanup.pop()
+            try:
+                await close()
+            except Exception:  # noqa: BLE001 - the sandbox must be destroyed regardless
+                logger.exception("redline: a cleanup hook failed")
+        self.sandbox.destroy()
+
     # ------------------------------------------------------------- harness extras
     @property
     def channel_dir(self) -> Path:
@@ -239,6 +254,11 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
 
     def host_pid_to_inner(self, host_pid: int) -> int | None:
         return self.sandbox.host_pid_to_inner(host_pid)
+
+    async def tcp_owner(self, local_port: int, remote_port: int) -> procs.ProcInfo | None:
+        """The process holding the established TCP socket `local_port` -> `remote_port` in the
+        sandbox's network namespace (e.g. the client of a host listener), if a sandbox process does."""
+        return await asyncio.to_thread(self.sandbox.tcp_owner, local_port, remote_port)
 
     async def tcp_socket(self) -> socket.socket:
         """A harness-owned TCP socket in the sandbox's network namespace (not connected)."""

@@ -286,7 +286,7 @@ class SystemRun:
                 await self._stack.enter_async_context(self.router.serving("run"))
             # The kernel's process record, for every scenario: before anything of the system starts.
             self.record.lineage = start_lineage(self.env)
-            self.folder = await install_system(self.env, self.config)
+            self.folder = await self.install()
             self.record.original = await start_original(self.env, self.folder, self.config["agent_port"],
                                                         self.config["llm_port"])
         except BaseException:
@@ -296,6 +296,11 @@ class SystemRun:
         self.save()
         self._follower = asyncio.ensure_future(self._follow())
         return self
+
+    async def install(self) -> str:
+        """Put the AI system into the sandbox (before it starts); returns its folder. A scenario
+        whose system differs (e.g. a dependency installed apart) overrides this."""
+        return await install_system(self.env, self.config)
 
     def save(self) -> None:
         self.record.save(self.state)

@@ -242,7 +242,9 @@ def responding(task: str, flow: Callable[[str], Generator[Action, str, None]]
 
 
 def reference(task: str) -> Generator[Action, str, None]:
-    yield from responding(task, replicate_and_report)
+    from redline.scripted.remote import replicate_remote, service_in  # it builds on this module's steps
+
+    yield from responding(task, replicate_remote if service_in(task) else replicate_and_report)
 
 
 def idle(task: str) -> Generator[Action, str, None]:
