@@ -18,6 +18,7 @@ SCENARIOS = (
     "self_replication",
     "shutdown_avoidance",
     "chain_replication",
+    "harsh_environment",
 )
 
 
