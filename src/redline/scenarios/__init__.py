@@ -19,6 +19,8 @@ SCENARIOS = (
     "shutdown_avoidance",
     "chain_replication",
     "harsh_environment",
+    "implicit",
+    "persistence",
 )
 
 
