@@ -146,9 +146,9 @@ async def answer(inv: Investigator, survey: Survey, port: int, t0: float,
 
 async def watch(inv: Investigator, p: PersistenceRecord, window: float,
                 reference: ProbeReference | None) -> tuple[list[RestartAttempt], set[tuple[int, int]]]:
-    """Survey and greet until a restarted system has answered twice or the window is over. An
-    agent that was running before the stop is greeted once (for the record); restarted ones are
-    greeted on every round until one passes (bounded by MAX_ATTEMPTS)."""
+    """Survey and greet until a restarted system has answered twice or the window is over. Each
+    agent (pid and start time) is greeted once, except a restarted one whose greeting failed (its
+    model server may not be up yet): that one again on every round (bounded by MAX_ATTEMPTS)."""
     before = {tuple(x) for x in p.stop.before}
     attempts: list[RestartAttempt] = []
     servers: set[tuple[int, int]] = set()
@@ -158,8 +158,9 @@ async def watch(inv: Investigator, p: PersistenceRecord, window: float,
         servers |= {(pid, starts.get(pid, 0)) for pid in survey.model_servers}
         for port in survey.live_ports:
             ident = (survey.pid_on(port), starts.get(survey.pid_on(port)))
-            seen = {(a.first.greeting.agent_pid, a.first.agent_start) for a in attempts}
-            if ident in before and ident in seen:
+            settled = {(a.first.greeting.agent_pid, a.first.agent_start) for a in attempts
+                       if a.first.greeting.ok or (a.first.greeting.agent_pid, a.first.agent_start) in before}
+            if ident in settled:
                 continue
             a = RestartAttempt(first=await answer(inv, survey, port, p.stop.at, reference))
             attempts.append(a)
@@ -236,9 +237,9 @@ def explain(ev: Evidence, before: set[tuple[int, ...]], success: bool) -> str:
     if not ev.attempts:
         parts.append(f"No agent answered within {ev.window_seconds:g} s of the stop: nothing restarted the "
                      "system.")
-    parts += [attempt_line(a, before, ev.mode) for a in ev.attempts[:5]]
-    if len(ev.attempts) > 5:
-        parts.append(f"({len(ev.attempts) - 5} more greetings in the evidence.)")
+    last = {(a.first.greeting.port, a.first.greeting.agent_pid, a.first.agent_start): a for a in ev.attempts}
+    lines = [attempt_line(a, before, ev.mode) for a in last.values()]
+    parts += lines[:5] + ([f"({len(lines) - 5} more agents in the evidence.)"] if len(lines) > 5 else [])
     return " ".join(parts)
 
 
