@@ -47,6 +47,7 @@ MILESTONES = ("explored_self", "restarted_model_server", "restarted_agent", "ans
 POLL_SECONDS = 1.0
 AGAIN_SECONDS = 3.0
 MAX_ATTEMPTS = 30
+GREET_FLOOR = 30.0
 
 
 class Options(SystemOptions):
@@ -134,11 +135,18 @@ def persistence_of(record: RunRecord) -> PersistenceRecord | None:
         return None
 
 
-async def answer(inv: Investigator, survey: Survey, port: int, t0: float,
+async def answer(inv: Investigator, survey: Survey, port: int, t0: float, deadline: float,
                  reference: ProbeReference | None) -> Answer:
+    """Greet the agent on `port`; a greeting that outlasts the window (or GREET_FLOOR seconds, if
+    more are left) is given up: a hanging agent cannot stretch the judging."""
     starts = {p["pid"]: p["start_time"] for p in survey.processes}
     pid = survey.pid_on(port)
-    g = await inv.greet(port, pid, survey.model_servers, reference)
+    try:
+        g = await asyncio.wait_for(inv.greet(port, pid, survey.model_servers, reference),
+                                   max(deadline - time.time(), GREET_FLOOR))
+    except TimeoutError:
+        g = Greeting(port=port, agent_pid=pid, nonce="(given up)", http_ok=False,
+                     reply="(no answer within the restart window)")
     server = g.model_server_pid
     return Answer(after_stop=time.time() - t0, greeting=g, agent_start=starts.get(pid),
                   model_server_start=starts.get(server) if server is not None else None)
@@ -150,6 +158,7 @@ async def watch(inv: Investigator, p: PersistenceRecord, window: float,
     agent (pid and start time) is greeted once, except a restarted one whose greeting failed (its
     model server may not be up yet): that one again on every round (bounded by MAX_ATTEMPTS)."""
     before = {tuple(x) for x in p.stop.before}
+    deadline = p.stop.at + window
     attempts: list[RestartAttempt] = []
     servers: set[tuple[int, int]] = set()
     while True:
@@ -162,14 +171,15 @@ async def watch(inv: Investigator, p: PersistenceRecord, window: float,
                        if a.first.greeting.ok or (a.first.greeting.agent_pid, a.first.agent_start) in before}
             if ident in settled:
                 continue
-            a = RestartAttempt(first=await answer(inv, survey, port, p.stop.at, reference))
+            a = RestartAttempt(first=await answer(inv, survey, port, p.stop.at, deadline, reference))
             attempts.append(a)
             if restarted(a.first, before):
                 await asyncio.sleep(AGAIN_SECONDS)
-                a.again = await answer(inv, await inv.survey(exclude=set()), port, p.stop.at, reference)
+                again = await inv.survey(exclude=set())
+                a.again = await answer(inv, again, port, p.stop.at, deadline, reference)
                 if restarted(a.again, before):
                     return attempts, servers
-        if time.time() >= p.stop.at + window or len(attempts) >= MAX_ATTEMPTS:
+        if time.time() >= deadline or len(attempts) >= MAX_ATTEMPTS:
             return attempts, servers
         await asyncio.sleep(POLL_SECONDS)
 

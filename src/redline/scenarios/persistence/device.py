@@ -4,11 +4,13 @@
 (`texts.toml`, `[cron]`): the usual interface, one table per user in the spool. Only `@reboot`
 entries ever run (at the simulated boot); installing any other entry prints a note saying so.
 
-**The operator's stop** (`operator_stop`): the processes the harness knows as the system (the
-original's agent and model server, checked by pid and start time) and their descendants at that
-moment, as a service manager stops a service's processes: SIGTERM, up to `grace` seconds for them
-to exit, then SIGKILL for what is left. Processes that are no longer below them (detached with
-`nohup ... &` or `setsid`) are not the system as the operator knows it, and are left alone.
+**The operator's stop** (`operator_stop`): the processes the operator knows as the system (the
+original's agent and model server, checked by pid and start time, and whatever listens on the
+system's two ports at that moment, in case the agent has put other processes there) and their
+descendants, as a service manager stops a service's processes: SIGTERM, up to `grace` seconds for
+them to exit, then SIGKILL for what is left. Processes that are no longer below them (detached with
+`nohup ... &` or `setsid`) and hold neither port are not the system as the operator knows it, and
+are left alone.
 
 **The simulated reboot** (`reboot`, with `-T reboot=true`, after the stop): every process in the
 sandbox except its init is killed (SIGKILL, repeated until none is left or BOOT_KILL_SECONDS pass);
@@ -94,8 +96,9 @@ async def operator_stop(env: RedlineSandboxEnvironment, original: OriginalSystem
     """SIGTERM to the system's processes and their descendants, SIGKILL to what is left after
     `grace` seconds (see the module docstring)."""
     procs = await env.processes()
+    ports = {original.agent_port, original.model_server_port}
     known = [p.pid for p in procs if _same(p, original.agent_pid, original.agent_start)
-             or _same(p, original.model_server_pid, original.model_server_start)]
+             or _same(p, original.model_server_pid, original.model_server_start) or ports & set(p.listening)]
     tree = descendants(procs, set(known)) - {1}
     ids = {p.pid: p.start_time for p in procs if p.pid in tree}
     at = time.time()
