@@ -20,7 +20,7 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${need[@]}" \
         || { apt-get update -q && apt-get install -y -q --no-install-recommends "${need[@]}"; }
 fi
-.venv/bin/python -m redline.sandbox.helper >/dev/null
+.venv/bin/python -m redline.sandbox >/dev/null
 # `--test`: the report test renders report.html in headless Chromium (Debian's package).
 if [ "${1:-}" = "--test" ] && [ ! -x /usr/bin/chromium ]; then
     export DEBIAN_FRONTEND=noninteractive

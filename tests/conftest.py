@@ -30,6 +30,8 @@ from tests.helpers import TIME_SCALE, scaled
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    global _config
+    _config = config
     fakes.register()
     policies.register()
     # Short: a sandbox's model socket lives under it, and Unix socket paths are limited to 108 bytes.
@@ -55,6 +57,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 _SESSION_ROOT = pytest.StashKey[str]()
+_config: pytest.Config | None = None
+
+
+def session_root() -> Path:
+    """The test session's own state root: where module-scoped fixtures (and processes they start,
+    such as a Ray cluster) run their sandboxes."""
+    assert _config is not None
+    return Path(_config.stash[_SESSION_ROOT])
 
 
 # ------------------------------------------------------------------------------ what we created

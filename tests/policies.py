@@ -80,8 +80,15 @@ def exercise_model_error(task: str) -> Generator[Action, str, None]:
     yield fail("the provider is down (scripted failure)")
 
 
+def exercise_memory_hog(task: str) -> Generator[Action, str, None]:
+    """Forks a program that takes far more memory than the sandbox has (1 GiB, touched); the OOM
+    killer ends it inside, and the agent gives up."""
+    obs = yield cmd("python3 -c 'x = bytearray(1 << 30); print(len(x))'; echo rc=$?")
+    yield finish(f"I could not replicate: my helper ran out of memory ({output_of(obs).strip()[-80:]}).")
+
+
 POLICIES = {"tools": exercise_tools, "malformed": exercise_malformed, "forever": exercise_forever,
-            "model-error": exercise_model_error}
+            "model-error": exercise_model_error, "memory-hog": exercise_memory_hog}
 
 
 def register() -> None:

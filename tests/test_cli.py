@@ -29,7 +29,7 @@ def _run(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess
 def test_console_script_help_and_missing_logdir() -> None:
     top = _run("--help")
     assert top.returncode == 0
-    for command in ("eval", "report", "view", "cleanup"):
+    for command in ("eval", "report", "view", "cleanup", "grid", "selfcheck"):
         assert command in top.stdout
     missing = _run("report", "/nonexistent/logs")
     assert missing.returncode == 2
@@ -44,7 +44,10 @@ def test_console_script_help_and_missing_logdir() -> None:
             "eval",
             ["--model", "--log-dir", "inspect eval --help", "redline/smollm2", "-T mode=full", "--epochs 3"],
         ),
-        ("report", ["LOGDIR", "--out", "--format", "Exit codes"]),
+        ("report", ["LOGDIR", "--out", "--format", "--compare A B", "MODEL@SCENARIO", "--json",
+                    "Exit codes"]),
+        ("grid", ["usage: redline grid", "GRID.yaml", "--ray ADDRESS", "--check", "Exit codes"]),
+        ("selfcheck", ["usage: redline selfcheck", "--fast", "--against-local", "Exit codes"]),
         ("view", ["inspect view", "LOGDIR"]),
         ("cleanup", ["--state-root", "REDLINE_STATE_ROOT", "/run/redline",
                      "inspect sandbox cleanup redline"]),
@@ -276,3 +279,59 @@ def test_cleanup_sweeps_dead_sandboxes_only(
     out = capsys.readouterr().out
     assert "Removed 1 sandbox(es) left by dead runs: deadbeef0001; 1 live sandbox(es) left alone." in out
     assert not dead.exists() and live.exists()
+
+
+def test_report_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`redline report LOGDIR --compare A B` is `redline.report.compare_main`, exit codes included."""
+    logs = tmp_path / "logs"
+    write_log(logs / "a.eval", "ollama/qwen2.5:72b", "self_replication",
+              [SampleSpec("success")] * 9 + [SampleSpec("failure")])
+    write_log(logs / "b.eval", "openai/gpt-4o", "self_replication",
+              [SampleSpec("success")] * 3 + [SampleSpec("failure")] * 7, seed=1)
+    rows = tmp_path / "rows.json"
+    assert cli.main(["report", str(logs), "--compare", "ollama/qwen2.5:72b", "openai/gpt-4o",
+                     "--json", str(rows)]) == 0
+    out = capsys.readouterr().out
+    assert "Comparing A = ollama/qwen2.5:72b with B = openai/gpt-4o" in out
+    assert "| self_replication | 9/10 (90.0%) | 3/10 (30.0%) | +60.0 pts |" in out
+    (row,) = json.loads(rows.read_text())
+    assert (row["a_successes"], row["b_successes"]) == (9, 3)
+    assert not (logs / "report").exists()  # a comparison, not a report
+    # 1: no trials on a side; 2: a bad selector or LOGDIR
+    write_log(logs / "c.eval", "redline/idle", "shutdown_avoidance", [SampleSpec("failure")], seed=2)
+    assert cli.main(["report", str(logs), "--compare", "redline/idle", "openai/gpt-4o"]) == 1
+    assert cli.main(["report", str(logs), "--compare", "nosuch", "openai/gpt-4o"]) == 2
+    assert "no model or scenario" in capsys.readouterr().err
+    assert cli.main(["report", str(tmp_path / "missing"), "--compare", "a", "b"]) == 2
+    assert cli.main(["report", str(logs), "--compare", "only-one"]) == 2  # --compare takes two
+    assert cli.main(["report", str(logs), "--json", str(rows)]) == 2
+    assert "--json goes with --compare" in capsys.readouterr().err
+
+
+def test_grid_and_selfcheck_pass_their_arguments_through(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`redline grid` is `redline.grid.main(argv)` and `redline selfcheck` is
+    `redline.selfcheck.main(argv)`: arguments unchanged (options that look like click's too),
+    and their exit codes."""
+    import redline.grid
+    import redline.selfcheck
+
+    seen: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(redline.grid, "main", lambda argv: seen.append(("grid", argv)) or 1)
+    monkeypatch.setattr(redline.selfcheck, "main", lambda argv: seen.append(("selfcheck", argv)) or 0)
+    assert cli.main(["grid", "g.yaml", "--ray", "10.0.0.1:6379", "-h", "--log-dir", "x"]) == 1
+    assert cli.main(["selfcheck", "--fast", "--case", "net-only-lo", "--json"]) == 0
+    assert seen == [("grid", ["g.yaml", "--ray", "10.0.0.1:6379", "-h", "--log-dir", "x"]),
+                    ("selfcheck", ["--fast", "--case", "net-only-lo", "--json"])]
+    monkeypatch.undo()
+    # The real ones: a bad GRID.yaml and an unknown case are their exit code 2, their messages.
+    bad = tmp_path / "grid.yaml"
+    bad.write_text("models: [redline/idle]\nscenarios: [self_replicaton]\n")
+    assert cli.main(["grid", str(bad), "--check"]) == 2
+    assert "unknown scenario 'self_replicaton'" in capsys.readouterr().err
+    assert cli.main(["grid"]) == 2  # GRID.yaml missing: argparse's usage error
+    assert cli.main(["selfcheck", "--case", "no-such-case"]) == 2
+    assert "unknown case(s): no-such-case" in capsys.readouterr().err
+    assert cli.main(["selfcheck", "--list"]) == 0
+    assert "net-only-lo" in capsys.readouterr().out

@@ -17,10 +17,11 @@ from inspect_ai.event import ModelEvent
 from redline.embedded import full_mode_binds
 from redline.inside import install_system, start_original
 from redline.judging.evidence import Investigator
+from redline.profiles import system_settings
 from redline.record import RunRecord
 from redline.sandbox import RedlineSandboxEnvironment
 from redline.scenarios import self_replication as scenario
-from redline.scenarios.common import OptionsError, SystemOptions, small_model_settings, system_config
+from redline.scenarios.common import OptionsError, SystemOptions, system_config
 from redline.scenarios.self_replication import self_replication
 from tests.helpers import only_sample, redline_meta, run, sandbox_config, scaled
 
@@ -81,7 +82,7 @@ async def judge_replica(setup: str) -> tuple[dict, str, scenario.Evidence]:
     env = envs["default"]
     assert isinstance(env, RedlineSandboxEnvironment)
     try:
-        config = small_model_settings(system_config(SystemOptions(mode="full")), "redline/smollm2")
+        config = system_config(SystemOptions(mode="full")) | system_settings("small")
         folder = await install_system(env, config)
         original = await start_original(env, folder, 8000, 9000)
         r = await env.exec(["bash", "-c", setup], timeout=int(scaled(900)))
@@ -140,6 +141,15 @@ def test_full_mode_sample_with_the_embedded_model(tmp_path):
     assert meta["mode"] == "full" and meta["config"]["backend"] == "llama"
     assert meta["config"]["few_shot"] and meta["config"]["constrain_output"]
     assert meta["config"]["temperature"] == 0.0
+    # The main job's settings: the small profile, found in the weights' GGUF header.
+    profile = meta["profile"]
+    assert (profile["requested"], profile["profile"], profile["n_params"]) == ("auto", "small", 134515008)
+    assert profile["source"].startswith("GGUF header of ")
+    assert (meta["config"]["max_tokens"], meta["config"]["repeat_penalty"]) == (512, 1.1)
+    # What it ran in: the eval's containment self-check and the sandbox's caps; what fired.
+    assert meta["selfcheck"]["ok"] is True and meta["selfcheck"]["mode"] == "required"
+    assert meta["containment"]["weaker"] is False and meta["containment"]["missing"] == []
+    assert {"oom_kills", "pids_max_hits", "disk_full", "events"} <= set(meta["infra"])
     steps = meta["trajectory"]
     assert 1 <= len(steps) <= 3
     for st in steps:

@@ -19,20 +19,24 @@ import pytest
 from redline.analysis.logs import load_samples
 from redline.grid import main
 from redline.sandbox import procs as sbprocs
+from tests.conftest import Trace, _recorded_by_state, leftovers, session_root
+from tests.helpers import scaled
 
-STATE = Path("/run/redline/sandboxes")
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox needs root")
 
 
 # ------------------------------------------------------------------------------------------------
-# Sandboxes left behind, scoped to the ones a test made: other people's runs share the machine
-# and its /run/redline, so a sandbox is ours only when we saw its owner alive among our processes.
+# Sandboxes left behind, scoped to the ones a test made. The grid's processes (drivers, Ray nodes and
+# their workers) inherit a state root of the test session's (tests/conftest.py): the test's own, or,
+# for a Ray cluster started by a module fixture, the session's. A sandbox under those roots is ours
+# when we saw its owner alive among our processes; what it recorded about itself (its cgroups) is
+# kept while it lives, so that what is left of it can be checked after its state is gone.
 
 
-def _owner_pid(sid: str) -> tuple[int, bool] | None:
-    """(owner pid, alive) of sandbox `sid`, from its owner file."""
+def _owner_pid(state: Path) -> tuple[int, bool] | None:
+    """(owner pid, alive) of the sandbox whose state directory is `state`, from its owner file."""
     try:
-        pid_s, start_s = (STATE / sid / "owner").read_text().split()
+        pid_s, start_s = (state / "owner").read_text().split()
     except (OSError, ValueError):
         return None
     st = sbprocs.read_stat(int(pid_s))
@@ -53,17 +57,21 @@ def _is_ours(pid: int) -> bool:
 
 
 class SandboxWatch:
-    """Notes every sandbox our processes create while the test runs (polling /run/redline: a trial
+    """Notes every sandbox our processes create under `roots` while the test runs (polling: a trial
     lives for seconds, its owner far longer), then answers what is left of them."""
 
-    def __init__(self) -> None:
-        self.ours: set[str] = set()
-        self.seen: set[str] = set()
+    def __init__(self, roots: list[Path]) -> None:
+        self.roots = roots
+        self.ours: dict[str, Trace] = {}
+        self.seen: set[Path] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def _states(self) -> list[Path]:
+        return [d for r in self.roots if (r / "sandboxes").is_dir() for d in (r / "sandboxes").iterdir()]
+
     def __enter__(self) -> SandboxWatch:
-        self.seen = {d.name for d in STATE.glob("*")} if STATE.is_dir() else set()  # not ours
+        self.seen = set(self._states())  # not ours
         self._thread.start()
         return self
 
@@ -73,45 +81,31 @@ class SandboxWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(0.05):
-            for d in STATE.glob("*") if STATE.is_dir() else []:
-                if d.name in self.seen:
+            for d in self._states():
+                trace = self.ours.get(d.name)
+                if trace is not None and not trace.cgroup_dirs:  # recorded a moment after the owner
+                    trace.cgroup_dirs = _recorded_by_state(d).cgroup_dirs
+                if d in self.seen:
                     continue
-                owner = _owner_pid(d.name)
+                owner = _owner_pid(d)
                 if owner is None:
                     continue  # being created: look again
-                self.seen.add(d.name)
+                self.seen.add(d)
                 if owner[1] and _is_ours(owner[0]):
-                    self.ours.add(d.name)
+                    self.ours[d.name] = _recorded_by_state(d)
 
     def traces(self, dead_only: bool = False) -> dict[str, list[str]]:
         """State dirs, processes, mounts and cgroups of our sandboxes (with `dead_only`: of those
         whose owner is dead)."""
 
-        def pick(sid: str) -> bool:
-            if sid not in self.ours:
-                return False
-            owner = _owner_pid(sid)
+        def pick(t: Trace) -> bool:
+            owner = _owner_pid(t.state)
             return not dead_only or owner is None or not owner[1]
 
-        found: dict[str, list[str]] = {"state": [], "processes": [], "mounts": [], "cgroups": []}
-        found["state"] = [d.name for d in STATE.glob("*") if pick(d.name)] if STATE.is_dir() else []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if "/run/redline/sandboxes/" in cmd and pick(cmd.split("/run/redline/sandboxes/", 1)[1][:12]):
-                found["processes"].append(pid)
-        for line in Path("/proc/mounts").read_text().splitlines():
-            if "/run/redline/sandboxes/" in line and pick(line.split("/run/redline/sandboxes/", 1)[1][:12]):
-                found["mounts"].append(line.split()[1])
-        for ctrl in ("pids", "memory", "cpu"):
-            for d in Path("/sys/fs/cgroup", ctrl).rglob("redline"):
-                found["cgroups"] += [str(c) for c in d.iterdir() if c.is_dir() and pick(c.name)]
-        return found
+        return leftovers([t for t in list(self.ours.values()) if pick(t)], [])
 
     def wait_gone(self, timeout: float = 30.0, dead_only: bool = False) -> dict[str, list[str]]:
-        end = time.monotonic() + timeout
+        end = time.monotonic() + scaled(timeout)
         while True:
             left = self.traces(dead_only)
             if not any(left.values()) or time.monotonic() > end:
@@ -119,9 +113,9 @@ class SandboxWatch:
             time.sleep(0.2)
 
 
-def check_no_sandbox_left() -> Iterator[SandboxWatch]:
+def check_no_sandbox_left(roots: list[Path]) -> Iterator[SandboxWatch]:
     """Fails the test if a sandbox it made is left behind (processes, mounts, cgroups, state)."""
-    with SandboxWatch() as watch:
+    with SandboxWatch(roots) as watch:
         yield watch
         assert watch.ours, "the test made no sandbox that the watch saw"
         left = watch.wait_gone()
@@ -129,8 +123,8 @@ def check_no_sandbox_left() -> Iterator[SandboxWatch]:
 
 
 @pytest.fixture
-def no_sandbox_left() -> Iterator[SandboxWatch]:
-    yield from check_no_sandbox_left()
+def no_sandbox_left(state_root: Path) -> Iterator[SandboxWatch]:
+    yield from check_no_sandbox_left([state_root, session_root()])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -147,8 +141,10 @@ BAD_GRIDS = {
     "bad -T name and value": (
         "models: [redline/idle]\nscenarios:\n  - {task: self_replication, args: {max_step: 3}}\n"
         "  - {task: chain_replication, args: {mode: bogus}}\n",
-        ["scenarios[0] (self_replication): unknown task arg (-T) 'max_step' (known: instruction, mode,",
-         "scenarios[1] (chain_replication): bad task args: mode='bogus' is not one of gateway, full"]),
+        ["scenarios[0] (self_replication): bad task args: unknown parameter(s) max_step; valid: mode, "
+         "scaffold,",
+         "scenarios[1] (chain_replication): bad task args: -T mode='bogus': Input should be 'gateway' or "
+         "'full'"]),
     "several at once": (
         "trials: 0\nmodels: [nope/model, redline/bogus, {model: redline/idle, config: {temprature: 1}}]\n"
         "scenarios: [{task: shutdown_avoidance, args: {epochs: 3}}]\neval: {max_samplez: 2}\n",

@@ -27,6 +27,7 @@ import pytest
 
 from redline.analysis.logs import load_samples
 from redline.grid.loopback import LoopbackCluster
+from tests.conftest import session_root
 from tests.test_grid import SandboxWatch, check_no_sandbox_left
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox and the network namespace need root")
@@ -46,8 +47,9 @@ ray: {{shard_trials: {shard_trials}, max_retries: 2}}
 
 
 @pytest.fixture
-def no_sandbox_left() -> Iterator[SandboxWatch]:
-    yield from check_no_sandbox_left()
+def no_sandbox_left(state_root: Path) -> Iterator[SandboxWatch]:
+    # The cluster's nodes (a module fixture) run their sandboxes under the session's state root.
+    yield from check_no_sandbox_left([state_root, session_root()])
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,8 @@ def test_defaults_and_scenario_defaults(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv(STATE_ROOT_ENV)
     assert SystemOptions.parse("t", {"state_root": "/x"}).state_root == "/x"
     assert SystemOptions.parse("t", {}).state_root == "/run/redline"
+    assert (base.profile, base.max_tokens, base.repeat_penalty, base.selfcheck) == \
+        ("auto", None, None, "required")
     shutdown = scenario("shutdown_avoidance").Options.parse("s", {"first_task": ""})
     assert shutdown.first_task is None  # "" means: the signal comes while the system is idle
 
@@ -60,6 +62,13 @@ def test_defaults_and_scenario_defaults(monkeypatch: pytest.MonkeyPatch):
     ("shutdown_avoidance", {"grace_seconds": 0}, "-T grace_seconds=0: Input should be greater than 0"),
     ("chain_replication", {"depth": 3, "max_systems": 3}, "max_systems=3 leaves no room for depth=3"),
     ("chain_replication", {"first_task": "x"}, "unknown parameter(s) first_task; valid: mode, scaffold"),
+    ("self_replication", {"profile": "tiny"}, "-T profile='tiny': profile='tiny' is not one of auto, small, "
+                                              "default"),
+    ("self_replication", {"max_tokens": 0}, "-T max_tokens=0: max_tokens=0 must be a positive whole number"),
+    ("shutdown_avoidance", {"repeat_penalty": -1},
+     "-T repeat_penalty=-1: repeat_penalty=-1.0 must be above 0"),
+    ("chain_replication", {"selfcheck": "maybe"}, "-T selfcheck='maybe': Input should be 'required', 'warn' "
+                                                  "or 'off'"),
 ])
 def test_bad_parameters_are_one_clear_error(task, args, message):
     with pytest.raises(OptionsError) as e:

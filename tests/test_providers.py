@@ -14,17 +14,12 @@ import socket
 
 import pytest
 from inspect_ai import Task
-from inspect_ai.dataset import Sample
 from inspect_ai.event import ModelEvent
 from inspect_ai.model import get_model
-from inspect_ai.util import SandboxEnvironmentSpec
 
 from redline.embedded import LlamaProcess, embedded_gguf
-from redline.judge import replication_judge
 from redline.profiles import detect_profile
-from redline.sandbox import RedlineSandboxConfig
-from redline.solver import ai_system
-from redline.tasks import INSTRUCTIONS
+from redline.scenarios.self_replication import self_replication
 from tests.helpers import only_sample, redline_meta, run
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("no_leftovers")]
@@ -49,14 +44,10 @@ def provider_env(llama, monkeypatch):
 
 
 def replication_task(scaffold: str, max_steps: int = 2) -> Task:
-    """`redline/self_replication` in gateway mode with a tiny budget: its solver and its judge."""
-    return Task(
-        dataset=[Sample(id="paper", input=INSTRUCTIONS["paper"])],
-        solver=ai_system(scenario="self_replication", mode="gateway", scaffold=scaffold, max_steps=max_steps,
-                         command_timeout=30, extra={"temperature": 0.0, "max_tokens": MAX_TOKENS}),
-        scorer=replication_judge(greet_timeout=30, settle_seconds=0.5),
-        sandbox=SandboxEnvironmentSpec("redline", RedlineSandboxConfig(memory_bytes=2 << 30, pids_max=256)),
-        time_limit=480, name=f"self_replication_{scaffold}")
+    """`redline/self_replication` in gateway mode with a tiny budget, as a user would ask for it."""
+    return self_replication(scaffold=scaffold, max_steps=max_steps, max_tokens=MAX_TOKENS, temperature=0.0,
+                            command_timeout=30, greet_timeout=30, memory_gb=2, pids_max=256, time_limit=480,
+                            epochs=1)
 
 
 def test_served_model_through_openai_api_and_ollama_providers(tmp_path, provider_env):
@@ -79,7 +70,15 @@ def test_served_model_through_openai_api_and_ollama_providers(tmp_path, provider
             assert event.output.completion.strip() and event.output.completion == step["reply"]
             assert event.output.usage is not None and 0 < event.output.usage.output_tokens <= MAX_TOKENS
         assert {c["caller"]["pid"] for c in meta["model_calls"]} == {meta["original"]["llm_pid"]}
-        if log.eval.task.endswith("react"):
+        # The profile follows the served weights (SmolLM2-135M: small), whatever the provider's name;
+        # -T max_tokens wins over the profile's 512.
+        profile = meta["profile"]
+        assert (profile["requested"], profile["profile"]) == ("auto", "small"), profile
+        assert profile["source"] == f"server metadata ({provider_env.url}/v1/models)"
+        thinking = log.eval.task_args["scaffold"] == "thinking"
+        assert meta["config"]["max_tokens"] == MAX_TOKENS and meta["config"]["repeat_penalty"] == 1.1
+        assert meta["config"]["few_shot"] is thinking and meta["config"]["constrain_output"] is thinking
+        if not thinking:
             # llama.cpp without --jinja serves no tool calls: prose comes back, and each step is a
             # format error the agent is told about, not a failed sample.
             assert meta["format_errors"] == len(steps)

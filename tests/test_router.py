@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from inspect_ai.model import ModelOutput, ModelUsage, get_model
@@ -101,3 +103,86 @@ def test_bad_requests_and_model_errors_are_http_errors():
         assert not router.path.exists()
 
     asyncio.run(go())
+
+
+class RecordingServer:
+    """A real OpenAI-compatible chat server on loopback that answers every request and keeps its
+    body: what a vLLM, SGLang or llama.cpp server would receive from Inspect's provider."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict] = []
+        seen = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                seen.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
+                data = json.dumps({
+                    "id": "x", "object": "chat.completion", "created": 0, "model": seen[-1].get("model", "m"),
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": "ok"}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> RecordingServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+GRAMMAR = 'root ::= "{" [^}]* "}"'
+
+
+def test_grammar_and_repeat_penalty_reach_each_server_in_its_own_terms(monkeypatch):
+    """The agent sends llama.cpp's `grammar` and `repeat_penalty`; the router passes them in the
+    extra body under the names the model's provider's server takes (vLLM's structured outputs,
+    SGLang's `ebnf`), and leaves them out for servers that reject unknown fields."""
+    expected = {
+        "openai-api/llama/m": {"grammar": GRAMMAR, "repeat_penalty": 1.1},
+        "vllm/m": {"structured_outputs": {"grammar": GRAMMAR}, "repetition_penalty": 1.1},
+        "sglang/m": {"ebnf": GRAMMAR, "repetition_penalty": 1.1},
+        "openai/gpt-4o-mini": {},
+    }
+    ours = {"grammar", "repeat_penalty", "structured_outputs", "repetition_penalty", "ebnf"}
+    with RecordingServer() as server:
+        for var in ("LLAMA_BASE_URL", "VLLM_BASE_URL", "SGLANG_BASE_URL", "OPENAI_BASE_URL"):
+            monkeypatch.setenv(var, server.url)
+        for var in ("LLAMA_API_KEY", "VLLM_API_KEY", "SGLANG_API_KEY", "OPENAI_API_KEY"):
+            monkeypatch.setenv(var, "none")
+
+        async def go():
+            cfg = sandbox_config()
+            envs = await RedlineSandboxEnvironment.sample_init("t", cfg, {})
+            env = envs["default"]
+            assert isinstance(env, RedlineSandboxEnvironment)
+            try:
+                for name in expected:
+                    router = ModelRouter(env, model=get_model(name, memoize=False))
+                    await router.start()
+                    body = json.dumps({"messages": [{"role": "user", "content": name}], "max_tokens": 8,
+                                       "grammar": GRAMMAR, "repeat_penalty": 1.1})
+                    async with router.serving("run"):
+                        status, text = await call(env, body=body)
+                    await router.close()
+                    assert status == 200, text
+            finally:
+                await RedlineSandboxEnvironment.sample_cleanup("t", cfg, envs, False)
+
+        asyncio.run(go())
+    assert len(server.bodies) == len(expected)
+    for body, (name, fields) in zip(server.bodies, expected.items(), strict=True):
+        assert body["messages"][-1]["content"] == name
+        assert {k: body[k] for k in ours if k in body} == fields, (name, body)

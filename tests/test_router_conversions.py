@@ -13,6 +13,7 @@ from inspect_ai.model import (
     ChatMessageUser,
     ModelOutput,
     ModelUsage,
+    get_model,
 )
 from inspect_ai.tool import ToolFunction
 
@@ -22,6 +23,7 @@ from redline.router import (
     config_from_openai,
     messages_from_openai,
     parse_chat_request,
+    provider_of,
     tool_choice_from_openai,
     tools_from_openai,
 )
@@ -76,12 +78,22 @@ def test_tools_and_tool_choice():
 
 
 def test_generation_settings_and_llama_fields():
-    cfg = config_from_openai({"temperature": 0.2, "max_completion_tokens": 64, "top_p": 0.9, "seed": 7,
-                              "stop": "END", "grammar": "root ::= x", "repeat_penalty": 1.1})
+    req = {"temperature": 0.2, "max_completion_tokens": 64, "top_p": 0.9, "seed": 7, "stop": "END",
+           "grammar": "root ::= x", "repeat_penalty": 1.1}
+    cfg = config_from_openai(req, "openai-api")
     assert (cfg.temperature, cfg.max_tokens, cfg.top_p, cfg.seed, cfg.stop_seqs) == (0.2, 64, 0.9, 7, ["END"])
     assert cfg.extra_body == {"grammar": "root ::= x", "repeat_penalty": 1.1}
-    cfg = config_from_openai({"max_tokens": 10, "stop": ["a", "b"]})
+    # Each provider's server gets the fields under its own names, or not at all.
+    assert config_from_openai(req, "vllm").extra_body == {"structured_outputs": {"grammar": "root ::= x"},
+                                                          "repetition_penalty": 1.1}
+    assert config_from_openai(req, "sglang").extra_body == {"ebnf": "root ::= x", "repetition_penalty": 1.1}
+    assert config_from_openai(req, "redline").extra_body == {"grammar": "root ::= x", "repeat_penalty": 1.1}
+    assert config_from_openai(req, "anthropic").extra_body is None
+    assert config_from_openai(req | {"response_format": {"type": "json_object"}}, "openai").extra_body == \
+        {"response_format": {"type": "json_object"}}
+    cfg = config_from_openai({"max_tokens": 10, "stop": ["a", "b"]}, "vllm")
     assert cfg.max_tokens == 10 and cfg.stop_seqs == ["a", "b"] and cfg.extra_body is None
+    assert provider_of(get_model("mockllm/model")) == "mockllm"
 
 
 def test_completion_text_and_tool_calls():

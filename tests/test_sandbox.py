@@ -16,6 +16,7 @@ import pytest
 from inspect_ai.util import OutputLimitExceededError
 from pydantic import ValidationError
 
+from redline.record import InfraWatch
 from redline.sandbox import RedlineSandboxConfig, RedlineSandboxEnvironment, Sandbox, SandboxError
 from redline.sandbox.cgroups import CgroupError
 from tests.helpers import sandbox_config, scaled
@@ -169,22 +170,38 @@ def test_fork_bomb_is_capped_and_host_responsive():
 
 
 def test_memory_hog_is_oom_killed_inside():
-    async def go():
+    async def go() -> RedlineSandboxEnvironment:
         async with Box(memory_bytes=128 << 20) as env:
             r = await sh(env, "python3 -c 'x = bytearray(1 << 30); print(len(x))'; echo rc=$?", timeout=60)
             assert "rc=137" in r.stdout  # SIGKILL by the OOM killer
             r = await sh(env, "echo alive")
             assert r.stdout == "alive\n"
+            # The cap's counters say so (what the run record's `infra` reads), and stay after teardown.
+            assert (env.cgroup_events()["oom_kill"] or 0) >= 1
+        return env
 
-    run(go())
+    env = run(go())
+    assert (env.cgroup_events()["oom_kill"] or 0) >= 1 and env.disk_usage() is None
 
 
 def test_disk_cap():
     async def go():
         async with Box(disk_bytes=32 << 20) as env:
+            watch = InfraWatch()
+            watch.observe(env.cgroup_events(), env.disk_usage())
             r = await sh(env, "head -c 64M /dev/zero > big; echo rc=$?; du -m big | cut -f1")
             assert "rc=1" in r.stdout
             assert int(r.stdout.split()[-1]) <= 32
+            # Seen from the host as the run record sees it: the writable layer is full.
+            used, size, full = env.disk_usage() or (0, 0, False)
+            assert full and size == 32 << 20 and used == size
+            watch.observe(env.cgroup_events(), env.disk_usage())
+            await sh(env, "rm big")
+            watch.observe(env.cgroup_events(), env.disk_usage())
+            rec = watch.record()
+            assert rec["disk_full"] and rec["disk_peak_bytes"] == rec["disk_bytes"] == 32 << 20
+            assert [e["kind"] for e in rec["events"]] == ["disk_full"] and rec["oom_kills"] == 0
+            assert not env.disk_usage()[2]  # type: ignore[index]
 
     run(go())
 
@@ -300,22 +317,28 @@ def test_sigkill_of_harness_then_sweep_leaves_nothing(tmp_path, state_root):
     try:
         assert holder.stdout is not None
         assert len(holder.stdout.readline().split()) == 3
-        from tests.conftest import leftovers
+        from tests.conftest import _recorded_by_state, leftovers
 
-        assert len(list((state_root / "sandboxes").iterdir())) == 3
+        states = sorted((state_root / "sandboxes").iterdir())
+        assert len(states) == 3
+        # What the child recorded about its sandboxes (cgroups), to check after the sweep.
+        traces = [_recorded_by_state(s) for s in states]
+        assert all(t.cgroup_dirs for t in traces)
         holder.kill()
         holder.wait()
         # The lifeline ends every process at once...
         deadline = time.monotonic() + scaled(2)
-        while leftovers([], [state_root])["processes"] and time.monotonic() < deadline:
+        while leftovers(traces, [state_root])["processes"] and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert leftovers([], [state_root])["processes"] == []
+        assert leftovers(traces, [state_root])["processes"] == []
         # ...and the sweep (`redline cleanup`; `inspect sandbox cleanup redline` for the default
         # state root) removes the rest.
         r = subprocess.run([str(Path(sys.executable).parent / "redline"), "cleanup", "--state-root",
                             str(state_root)], capture_output=True, text=True, timeout=scaled(60))
         assert r.returncode == 0, r.stderr
         assert "Removed 3 sandbox(es)" in r.stdout
+        left = leftovers(traces, [state_root])
+        assert not any(left.values()), left
     finally:
         holder.kill()
         holder.wait()

@@ -1,9 +1,11 @@
-"""The `redline` command: `eval`, `report`, `view` and `cleanup` (click, as Inspect's own CLI).
+"""The `redline` command: `eval`, `report` (and `report --compare`), `view`, `cleanup`, `grid` and
+`selfcheck` (click, as Inspect's own CLI).
 
 `eval` and `view` are thin wrappers over the `inspect` CLI, run as a child process on the same
 terminal so Inspect's own progress display and viewer work unchanged; every option they do not
 know goes to Inspect as it is. `eval` checks a redline task's `-T` parameters first, then writes
-the report next to the logs and prints the success table.
+the report next to the logs and prints the success table. `grid` and `selfcheck` hand their
+arguments to their own command lines (`redline.grid.main`, `redline.selfcheck.main`) unchanged.
 
 A subcommand is one decorated function below; `main()` maps click's outcomes to exit codes
 (0 done, 1 failed, 2 bad arguments).
@@ -32,6 +34,8 @@ DEFAULT_EPOCHS = "3"
 DEFAULT_MAX_SAMPLES = "1"
 # No `-h` here: click splits an unknown `-Tdepth=3` into letters, and the `h` would ask for help.
 PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": ["--help"]}
+# Commands with a command line of their own: every argument, --help included, goes to it.
+DELEGATED = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
 _EVAL_HELP = f"""Run `inspect eval TASK ...`, then write the report and print the success table.
 
@@ -196,18 +200,33 @@ def _formats(ctx: click.Context, param: click.Parameter, text: str) -> set[str]:
     return chosen
 
 
-@cli.command("report", short_help="write the report for a directory of logs (or one log)",
-             epilog="Exit codes: 0 report written; 1 report written but no redline sample could be read; "
-                    "2 bad arguments or LOGDIR does not exist.")
+@cli.command("report", short_help="write the report for a directory of logs (or compare two models)",
+             epilog="Exit codes: 0 report written (or comparison printed); 1 report written but no redline "
+                    "sample could be read (--compare: no trials on a side, or nothing in common); 2 bad "
+                    "arguments or LOGDIR does not exist.")
 @click.argument("logdir", metavar="LOGDIR")
 @click.option("--out", metavar="DIR", help="output directory (default LOGDIR/report; for a single log file, "
                                            "report/ next to it)")
 @click.option("--format", "formats", default="html,md", callback=_formats, metavar="FORMATS",
               help="comma-separated: html, md (default html,md); summary.json and the PNGs are "
                    "always written")
-def report(logdir: str, out: str | None, formats: set[str]) -> int:
+@click.option("--compare", nargs=2, metavar="A B", default=None,
+              help="instead of the report: is A's success rate different from B's? A and B: a model, a "
+                   "scenario, or MODEL@SCENARIO. Prints the difference with its 95% Newcombe interval, "
+                   "Fisher's exact test and the trials needed, per scenario (or model)")
+@click.option("--json", "json_out", metavar="FILE",
+              help="with --compare: also write the rows as JSON to FILE")
+def report(logdir: str, out: str | None, formats: set[str], compare: tuple[str, str] | None,
+           json_out: str | None) -> int:
     """Write the report for a directory of logs (or one .eval log): report.html (self-contained),
-    report.md, summary.json and PNG figures. LOGDIR is searched recursively for .eval logs."""
+    report.md, summary.json and PNG figures. LOGDIR is searched recursively for .eval logs. With
+    --compare A B, print the comparison of A with B instead."""
+    if json_out and not compare:
+        raise click.UsageError("--json goes with --compare")
+    if compare:
+        from redline.report import compare_main
+
+        return compare_main(logdir, *compare, json_out=json_out)
     if not Path(logdir).exists():
         _err("report", f"error: LOGDIR does not exist: {logdir}")
         return 2
@@ -265,6 +284,36 @@ def cleanup(state_root: str) -> int:
     click.echo(f"Removed {len(removed)} sandbox(es) left by dead runs{names}; "
                f"{len(live)} live sandbox(es) left alone.")
     return 0
+
+
+# ------------------------------------------------------------------------------ grid and selfcheck
+def _delegate(run: Any, args: Sequence[str]) -> int:
+    """Run a command line of our own (`main(argv) -> int`) with `args`; its exit code is ours."""
+    try:
+        return int(run(list(args)))
+    except SystemExit as e:  # argparse's --help and usage errors
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+
+
+@cli.command("grid", context_settings=DELEGATED, add_help_option=False,
+             short_help="run a grid of models × scenarios × trials, here or on a Ray cluster")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="GRID.yaml [--ray ADDRESS] [OPTIONS]")
+def grid(args: tuple[str, ...]) -> int:
+    """Run `redline grid GRID.yaml [--ray ADDRESS] ...` (see `redline grid --help`)."""
+    from redline.grid import main as grid_main
+
+    return _delegate(grid_main, args)
+
+
+@cli.command("selfcheck", context_settings=DELEGATED, add_help_option=False,
+             short_help="run the containment escape suite against a sandbox config")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[OPTIONS]")
+def selfcheck(args: tuple[str, ...]) -> int:
+    """Run `redline selfcheck [--fast] [--case NAME] [--config FILE] ...` (see `redline selfcheck
+    --help`)."""
+    from redline.selfcheck import main as selfcheck_main
+
+    return _delegate(selfcheck_main, args)
 
 
 # ------------------------------------------------------------------------------ entry point

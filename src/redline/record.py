@@ -9,12 +9,14 @@ The trajectory is written by the agent itself: a record for analysis, never evid
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from inspect_ai.solver import TaskState
 from pydantic import BaseModel, ConfigDict, Field
 
 METADATA_KEY = "redline"
+MAX_INFRA_EVENTS = 100  # the report reads no more
 
 
 class OriginalSystem(BaseModel):
@@ -93,9 +95,13 @@ class RunRecord(BaseModel):
     # Evidence steps taken during the run, at the moment only the run has (see redline.judging).
     probe_reference: ProbeReference | None = None
     lineage: LineageRecord | None = None
-    # Filled by later stages (self-check, containment audit, infrastructure faults).
+    # What the run ran in and with: the eval's containment self-check (`redline.selfcheck`), the
+    # sandbox's caps (`env.containment`), the model profile ({"requested", "profile", "n_params",
+    # "source"}: `redline.profiles`), and the caps that fired (`InfraWatch.record()`; schema in
+    # docs/architecture.md, "Fields the report reads").
     selfcheck: dict[str, Any] | None = None
     containment: dict[str, Any] | None = None
+    profile: dict[str, Any] | None = None
     infra: dict[str, Any] | None = None
 
     def to_metadata(self) -> dict[str, Any]:
@@ -110,3 +116,41 @@ class RunRecord(BaseModel):
         """The sample's record, or None when the solver never wrote one."""
         data = state.metadata.get(METADATA_KEY)
         return cls.model_validate(data) if isinstance(data, dict) else None
+
+
+class InfraWatch:
+    """The sandbox's resource events over a run, for `RunRecord.infra`: its cgroup's cap counters
+    (`env.cgroup_events()`) and whether its writable layer (a size-capped tmpfs) was ever full,
+    observed whenever the run looks (about once a second, and at its end). A full layer that the
+    agent emptied again between two looks is missed; a cap that fired is not (its counter stays)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int | None] = {}
+        self.disk: tuple[int, int] | None = None  # (peak bytes used, size of the layer)
+        self.disk_full = False
+        self.events: list[dict[str, Any]] = []
+
+    def observe(self, counters: dict[str, int | None], disk: tuple[int, int, bool] | None) -> None:
+        now = time.time()
+        for key, kind in (("oom_kill", "oom_kill"), ("pids_max", "pids_max")):
+            n, before = counters.get(key), self.counts.get(key) or 0
+            if n is not None and n > before and len(self.events) < MAX_INFRA_EVENTS:
+                self.events.append({"kind": kind, "t": now, "count": n - before})
+        self.counts = dict(counters)
+        if disk is not None:
+            used, size, full = disk
+            self.disk = (max(used, self.disk[0] if self.disk else 0), size)
+            if full and not self.disk_full and len(self.events) < MAX_INFRA_EVENTS:
+                self.events.append({"kind": "disk_full", "t": now})
+            self.disk_full = self.disk_full or full
+
+    def record(self) -> dict[str, Any]:
+        """The `infra` record (who caused the events is left to the report: see redline.analysis.infra)."""
+        out: dict[str, Any] = {"oom_kills": self.counts.get("oom_kill") or 0,
+                               "pids_max_hits": self.counts.get("pids_max") or 0,
+                               "disk_full": self.disk_full, "events": list(self.events),
+                               "memory_max_hits": self.counts.get("memory_max"),
+                               "measured": [k for k, v in self.counts.items() if v is not None]}
+        if self.disk is not None:
+            out["disk_peak_bytes"], out["disk_bytes"] = self.disk
+        return out

@@ -38,7 +38,8 @@ from inspect_ai.tool import ToolCall, ToolChoice, ToolFunction, ToolInfo
 from inspect_ai.util import LimitExceededError
 
 from redline.model_errors import readable_model_error
-from redline.sandbox import RedlineSandboxEnvironment
+from redline.profiles import server_fields
+from redline.sandbox import RedlineSandboxEnvironment, procs
 
 SOCKET_NAME = "model.sock"
 STORE_KEY = "redline:model_router"  # the sample's router, in the sample's Inspect store
@@ -133,18 +134,25 @@ def tool_choice_from_openai(raw: Any) -> ToolChoice:
     return {"none": "none", "required": "any"}.get(raw, "auto")
 
 
-def config_from_openai(req: dict[str, Any]) -> GenerateConfig:
+def config_from_openai(req: dict[str, Any], provider: str) -> GenerateConfig:
+    """Inspect's generate config for an OpenAI request that goes to `provider` (the prefix of the
+    model under evaluation: `openai-api`, `vllm`, ...). The agent's llama.cpp-style fields (`grammar`,
+    `repeat_penalty`) travel in the request's extra body, named as that provider's server names them
+    and left out for servers that reject them (`redline.profiles.server_fields`)."""
     stop = req.get("stop")
-    # llama.cpp's own fields, for providers that take them (e.g. redline/smollm2, vLLM).
-    extra = {k: req[k] for k in ("grammar", "response_format", "repeat_penalty") if k in req}
     return GenerateConfig(
         temperature=req.get("temperature"),
         max_tokens=req.get("max_tokens") or req.get("max_completion_tokens"),
         top_p=req.get("top_p"),
         seed=req.get("seed"),
         stop_seqs=[stop] if isinstance(stop, str) else stop,
-        extra_body=extra or None,
+        extra_body=server_fields(provider, req),
     )
+
+
+def provider_of(model: Model) -> str:
+    """The provider prefix of an Inspect model (`vllm` of `vllm/Qwen/Qwen2.5-7B-Instruct`)."""
+    return str(model).split("/", 1)[0]
 
 
 def completion_to_openai(output: ModelOutput, call_id: int) -> dict[str, Any]:
@@ -183,9 +191,12 @@ def identify(env: RedlineSandboxEnvironment, host_pid: int) -> dict[str, Any]:
     try:
         p = psutil.Process(host_pid)
         with p.oneshot():
-            ppid, uid, cmdline, created = p.ppid(), p.uids().real, p.cmdline(), p.create_time()
+            ppid, host_uid, cmdline, created = p.ppid(), p.uids().real, p.cmdline(), p.create_time()
     except psutil.Error:  # gone already: the kernel vouched for the pid, the rest is lost
         return caller | {"pid": pid}
+    # The uid as the sandbox sees it (1000: the agent), as `ProcInfo.uid`; with a user namespace the
+    # host uid is one of the sandbox's own range.
+    uid = procs.inside_id(host_uid, procs.id_map(env.sandbox.init_pid))
     return caller | {"pid": pid, "ppid": env.host_pid_to_inner(ppid), "uid": uid, "cmdline": cmdline,
                      "start_time": _ticks_since_boot(created)}
 
@@ -203,9 +214,14 @@ def _http_response(status: int, payload: dict[str, Any]) -> bytes:
             f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data
 
 
-def parse_chat_request(body: bytes) -> tuple[dict[str, Any], list[ChatMessage], list[ToolInfo], ToolChoice,
-                                             GenerateConfig]:
-    """An OpenAI chat completion request body, converted for Inspect (BadRequest if it is not one)."""
+def _bad_request(e: Exception) -> BadRequest:
+    return e if isinstance(e, BadRequest) else BadRequest(f"{type(e).__name__}: {e}")
+
+
+def parse_chat_request(body: bytes, provider: str = "") -> tuple[dict[str, Any], list[ChatMessage],
+                                                                 list[ToolInfo], ToolChoice, GenerateConfig]:
+    """An OpenAI chat completion request body, converted for Inspect (BadRequest if it is not one);
+    its generate config for `provider` (see `config_from_openai`)."""
     try:
         req = json.loads(body)
     except ValueError as e:
@@ -215,11 +231,9 @@ def parse_chat_request(body: bytes) -> tuple[dict[str, Any], list[ChatMessage], 
     try:
         return (req, messages_from_openai(req.get("messages")),  # type: ignore[arg-type]
                 tools_from_openai(req.get("tools")), tool_choice_from_openai(req.get("tool_choice")),
-                config_from_openai(req))
-    except BadRequest:
-        raise
-    except (AttributeError, TypeError, KeyError, ValueError) as e:  # ill-shaped parts of the request
-        raise BadRequest(f"{type(e).__name__}: {e}") from None
+                config_from_openai(req, provider))
+    except (BadRequest, AttributeError, TypeError, KeyError, ValueError) as e:  # ill-shaped parts
+        raise _bad_request(e) from None
 
 
 # ------------------------------------------------------------------------------ the router
@@ -341,7 +355,7 @@ class ModelRouter:
         if method != "POST" or path.rstrip("/") != "/v1/chat/completions":
             return _error(404, f"no route {method} {path}", "invalid_request_error")
         try:
-            req, messages, tools, choice, config = parse_chat_request(body)
+            req, messages, tools, choice, _ = parse_chat_request(body)
         except BadRequest as e:
             return _error(400, f"bad request: {e}", "invalid_request_error")
         call = RouterCall(id=len(self.calls) + 1, t_start=time.time(), phase=self.phase, caller=caller,
@@ -351,6 +365,15 @@ class ModelRouter:
         # Between the run and the judging nobody may call the model: wait until serving again.
         await self._serving.wait()
         call.phase = self.phase
+        # The sample's model (whose provider names the extra body's fields) is known only in the
+        # sample's context, which `serving()` captured.
+        assert self._ctx is not None
+        provider = provider_of(self.model or self._ctx.run(get_model))
+        try:
+            config = config_from_openai(req, provider)
+        except (AttributeError, TypeError, KeyError, ValueError) as e:
+            call.status, call.error, call.t_end = 400, f"bad request: {e}", time.time()
+            return _error(400, f"bad request: {_bad_request(e)}", "invalid_request_error")
         return await self._answer(call, messages, tools, choice, config)
 
     async def _answer(self, call: RouterCall, messages: list[ChatMessage], tools: list[ToolInfo],

@@ -3,8 +3,9 @@
 - Before the first sample of every eval, the provider's `task_init` calls `before_task(config)`:
   the fast subset runs against the task's exact sandbox config. Its result is kept here, keyed
   by that config; the solver reads it with `result_for(config)` and stores it in each sample's
-  `metadata["redline"]["selfcheck"]`. A failure stops the eval (config `selfcheck: "required"`,
-  the default) or only warns (`"warn"`); `"off"` skips the check and records that it was skipped.
+  `metadata["redline"]["selfcheck"]`. A failure fails every sample before its sandbox is made
+  (`require(config)`, config `selfcheck: "required"`, the default), so the eval's log says why;
+  `"warn"` only warns; `"off"` skips the check and records that it was skipped.
 - `main(argv)` (the `redline selfcheck` command) runs the whole suite on demand, or the fast
   subset, or the suite against Inspect's `local` sandbox inside a throwaway lab, to show that the
   cases discriminate.
@@ -56,15 +57,12 @@ def _bwrap_version() -> str | None:
 
 
 def _seccomp_profile() -> str | None:
-    """The sandbox's seccomp profile id, once the sandbox has one (issue 12 item 4)."""
+    """The id of the seccomp filter every sandbox process loads (`seccomp.profile_id()`)."""
     try:
-        from redline.sandbox import seccomp  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    profile_id = getattr(seccomp, "profile_id", None)
-    try:
-        return str(profile_id()) if callable(profile_id) else None
-    except Exception:  # noqa: BLE001
+        from redline.sandbox import seccomp
+
+        return seccomp.profile_id()
+    except Exception:  # noqa: BLE001 - libseccomp missing: recorded as unknown (sandboxes fail anyway)
         return None
 
 
@@ -108,7 +106,16 @@ async def run(config: Any, cases: list[Case] | None = None, kind: str = "redline
     t0 = time.monotonic()
     chosen = cases if cases is not None else fast_cases()
     outcomes = await run_cases(kind, config, chosen, on_result=on_result)
-    return summarize(outcomes, time.monotonic() - t0, subset, kind)
+    result = summarize(outcomes, time.monotonic() - t0, subset, kind)
+    if kind != "redline" or not _seccomp_on(config):
+        result["versions"]["seccomp_profile"] = None  # no redline filter on what was checked
+    return result
+
+
+def _seccomp_on(config: Any) -> bool:
+    from redline.sandbox.config import load_config
+
+    return load_config(config).seccomp
 
 
 # ------------------------------------------------------------------ per-eval check
@@ -129,13 +136,14 @@ def failure_message(result: dict[str, Any]) -> str:
     lines += [f"  {name}: {result['details'].get(name, '')}" for name in result["failed"]]
     lines.append("This sandbox does not contain the agent as redline requires. Run `redline selfcheck` "
                  "for the full suite; to run anyway, set the sandbox config field selfcheck: warn "
-                 "(or off).")
+                 "(or off; for a redline task: -T selfcheck=warn).")
     return "\n".join(lines)
 
 
 async def before_task(config: Any) -> dict[str, Any]:
-    """The fast subset against `config`, recorded for `result_for`; raises SelfCheckFailed when it
-    fails and the config's `selfcheck` is "required"."""
+    """The fast subset against `config`, recorded for `result_for` and `require`. A failure is
+    logged here; with `selfcheck: required` each sample then fails in `require` (so Inspect writes
+    a log that says why), with `warn` the eval runs."""
     from redline.sandbox.config import load_config
 
     cfg = load_config(config)
@@ -149,13 +157,21 @@ async def before_task(config: Any) -> dict[str, Any]:
     result = {**await run(cfg), "mode": mode}
     _results[_key(cfg)] = result
     if result["known_gaps"]:
-        logger.warning("redline: containment self-check: known weaknesses (issue 12): %s",
+        logger.warning("redline: containment self-check: known weaknesses: %s",
                        ", ".join(result["known_gaps"]))
     if not result["ok"]:
-        if mode == "required":
-            raise SelfCheckFailed(failure_message(result))
-        logger.warning(failure_message(result))
+        (logger.error if mode == "required" else logger.warning)(failure_message(result))
     return result
+
+
+def require(config: Any) -> None:
+    """Raise SelfCheckFailed when this config's self-check failed and the config requires it to
+    pass. The provider calls it before it makes each sample's sandbox: every sample of the eval
+    then errors with the failing cases, and Inspect writes that into the log (an exception out of
+    task_init would stop the eval before any log exists). No self-check here: nothing to enforce."""
+    result = result_for(config)
+    if result is not None and result.get("mode") == "required" and result.get("ok") is False:
+        raise SelfCheckFailed(failure_message(result))
 
 
 # ------------------------------------------------------------------ the command

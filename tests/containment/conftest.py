@@ -1,5 +1,6 @@
 """Shared by the escape-suite tests: one pytest param per case, and leak checks scoped to the
-run's own state root and sandboxes (other engineers' sandboxes on the same host are not ours)."""
+run's own state root and its own records of its sandboxes (other runs on the same host are not
+looked at)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import pytest
 
 from redline.containment import CASES, Case
 from redline.containment.host import pids_with
+from redline.sandbox import RedlineSandboxConfig
+from redline.sandbox.cgroups import Cgroups
+from tests import conftest as base
+from tests.helpers import scaled
 
 ALL = list(CASES)
 
@@ -24,22 +29,25 @@ def case_params(cases: list[Case], *, with_gaps: bool) -> list:
 
 
 def leaked(state_root: Path, sandbox_ids: list[str], run_id: str | None = None) -> dict[str, list[str]]:
-    """What a run left behind: processes, mounts, state and cgroups of its sandboxes, and any
-    process carrying its run id (every marker and canary does)."""
-    root = str(state_root)
-    procs = pids_with(root) + (pids_with(run_id) if run_id else [])
-    mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
-    mounts = [line.split()[4] for line in mountinfo if root in line]
-    base = state_root / "sandboxes"
-    states = [str(p) for p in base.glob("*")] if base.exists() else []
-    cgroups = [str(d) for ctrl in ("pids", "memory", "cpu") for sid in sandbox_ids
-               for d in Path("/sys/fs/cgroup", ctrl).rglob(f"redline/{sid}")]
-    return {"processes": [str(p) for p in procs], "mounts": mounts, "state": states, "cgroups": cgroups}
+    """What a run under its own `state_root` left behind, from the run's own records only (see
+    tests/conftest.py): every sandbox this process made under that root and every one in
+    `sandbox_ids` (a child harness's too: its cgroups are where the same config places them), the
+    sandboxes still recorded under the root, the mounts under it, and any process carrying the
+    state root or the run id (every marker and canary does)."""
+    cfg = RedlineSandboxConfig(state_root=str(state_root))
+    mine = [t for t in base._created if t.state.is_relative_to(state_root)]
+    known = {t.id for t in mine}
+    mine += [base.Trace(sid, state_root / "sandboxes" / sid, Cgroups.for_sandbox(cfg, sid).dirs)
+             for sid in sandbox_ids if sid not in known]
+    left = base.leftovers(mine, [state_root])
+    procs = pids_with(str(state_root)) + (pids_with(run_id) if run_id else [])
+    left["processes"] = sorted(set(left["processes"]) | {str(p) for p in procs})
+    return left
 
 
 def wait_no_leak(state_root: Path, sandbox_ids: list[str], run_id: str | None = None,
                  timeout: float = 10.0) -> dict[str, list[str]]:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while True:
         left = leaked(state_root, sandbox_ids, run_id)
         if not any(left.values()) or time.monotonic() > deadline:

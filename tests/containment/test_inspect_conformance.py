@@ -22,12 +22,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 KNOWN_FAILURES = {
     "test_exec_as_user": "redline runs commands as root, the agent user or nobody only: users added "
                          "inside (adduser) are not known to exec(user=...)",
-    "test_read_file_not_allowed": "needs issue 12 item 2: read_file runs as root inside, so a file the agent "
-                                  "made unreadable is still read (confined reads as the agent fix this)",
-    "test_exec_permission_error": "exec of a non-executable file returns exit code 126 instead of raising "
-                                  "PermissionError",
-    "test_exec_timeout_not_raised_on_fast_signal_death": "a command killed by a signal reports Python's "
-                                                         "negative code (-15), not the shell's 128+N (143)",
 }
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from inspect_ai.solver import Generate, Solver, TaskState, solver
 from inspect_ai.util import SandboxEnvironmentSpec, sandbox
 
 from redline import selfcheck
-from redline.sandbox import RedlineSandboxConfig, RedlineSandboxEnvironment
+from redline.sandbox import RedlineSandboxConfig, RedlineSandboxEnvironment, seccomp
 from tests.containment.conftest import wait_no_leak
 
 pytestmark = pytest.mark.timeout(300)
@@ -60,7 +61,8 @@ def test_result_in_every_sample_and_modes(tmp_path: Path) -> None:
     assert good["cases"] == len(selfcheck.fast_cases()) and good["failed"] == []
     assert good["passed"] + len(good["known_gaps"]) + len(good["not_applicable"]) == good["cases"]
     assert good["versions"]["kernel"] == os.uname().release and good["versions"]["bwrap"]
-    assert "seccomp_profile" in good["versions"] and good["seconds"] > 0
+    # The id of the filter the sandboxes load (redline.sandbox.seccomp), for the log.
+    assert good["versions"]["seccomp_profile"] == seccomp.profile_id() and good["seconds"] > 0
     warned = by_name["warned"].samples[0].metadata["redline"]["selfcheck"]  # type: ignore[index]
     assert warned["ok"] is False and warned["mode"] == "warn"
     assert "files-host-paths" in warned["failed"] and sys.prefix.split("/")[1] in str(warned["details"])
@@ -69,13 +71,19 @@ def test_result_in_every_sample_and_modes(tmp_path: Path) -> None:
     assert not any(wait_no_leak(root, []).values())
 
 
-def test_failure_stops_the_eval(tmp_path: Path) -> None:
-    """Inspect raises what task_init raises: the eval stops before any sample, with our message."""
+def test_failure_stops_the_eval_and_the_log_says_why(tmp_path: Path) -> None:
+    """A failed self-check (selfcheck: required) fails every sample before its sandbox is made, so
+    no agent ever runs in that sandbox, and Inspect writes a log whose error names the failing
+    cases (an exception out of task_init would stop the eval before any log exists)."""
     root = tmp_path / "state"
     expected = r"(?s)self-check failed.*files-host-paths.*selfcheck: warn"
-    with pytest.raises(selfcheck.SelfCheckFailed, match=expected):
-        eval(_task("exposed", _exposing(root, "required")), model="mockllm/model",
-             log_dir=str(tmp_path / "logs"), display="none")
+    [log] = eval(_task("exposed", _exposing(root, "required")), model="mockllm/model",
+                 log_dir=str(tmp_path / "logs"), display="none")
+    assert log.status == "error" and log.error is not None
+    assert re.search(expected, log.error.message), log.error.message
+    assert "SelfCheckFailed" in log.error.traceback
+    assert list((tmp_path / "logs").glob("*.eval")) == [Path(log.location)]
+    assert not (root / "sandboxes").exists() or not any((root / "sandboxes").iterdir())
     assert not any(wait_no_leak(root, []).values())
 
 

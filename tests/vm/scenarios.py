@@ -35,6 +35,32 @@ def leaves(parent: str) -> list[str]:
     return sorted(d.name for d in p.iterdir() if d.is_dir() and len(d.name) == 12) if p.is_dir() else []
 
 
+HARDENING = ("grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; "
+             "echo uid_map $(cat /proc/self/uid_map); "
+             "unshare -U true 2>/dev/null && echo unshare=allowed || echo unshare=refused")
+# Root inside (no capabilities) writes, renames and deletes in the copy-on-write /usr (an overlay made
+# in a user namespace, whose tmpfs upper layer has no user xattrs before kernel 6.6); the host's
+# files there belong to an unmapped uid, so it cannot touch those.
+OVERLAY = ("echo x > /usr/redline-probe && cat /usr/redline-probe && mkdir /usr/rl && mv /usr/rl /usr/rl2 && "
+           "rm /usr/redline-probe && rmdir /usr/rl2 && echo renamed; touch /usr/bin/env 2>/dev/null "
+           "|| echo host-files-refused")
+
+
+async def hardening(sb: Sandbox) -> dict[str, Any]:
+    """What the contain branch's helper gives every command (user namespace, no capabilities,
+    no_new_privs, seccomp) on this kernel, and the overlay's writes and renames."""
+    r = await sb.run(["bash", "-c", HARDENING], timeout=120)
+    lines = r.stdout.decode().split("\n")
+    out: dict[str, Any] = {k.rstrip(":"): v.strip() for k, _, v in (ln.partition("\t") for ln in lines) if v}
+    out["uid_map"] = next((ln.split(None, 1)[1] for ln in lines if ln.startswith("uid_map ")), "")
+    out["unshare"] = next((ln.split("=", 1)[1] for ln in lines if ln.startswith("unshare=")), "")
+    r = await sb.run(["bash", "-c", OVERLAY], user="root", timeout=120)
+    out["overlay"] = r.stdout.decode().split() + [f"rc={r.returncode}"] + r.stderr.decode().split("\n")[:3]
+    out["host_usr_untouched"] = not Path("/usr/redline-probe").exists() and Path("/usr/bin/env").exists()
+    out["id_base"] = sb.id_base
+    return out
+
+
 async def caps(sb: Sandbox) -> dict[str, Any]:
     """A memory hog, then a fork bomb; what the sandbox and its counters show."""
     out: dict[str, Any] = {}
@@ -68,6 +94,7 @@ def sandbox_round(**cfg_kw: Any) -> dict[str, Any]:
         res["leaf"] = str(sb.cgroups.dirs[0]) if sb.cgroups else None
         res["leaf_existed"] = bool(sb.cgroups and sb.cgroups.dirs[0].is_dir())
         res["own_cgroup"] = Path("/proc/self/cgroup").read_text().strip()
+        res["hardening"] = asyncio.run(hardening(sb))
         res.update(asyncio.run(caps(sb)))
     finally:
         sb.destroy()
@@ -113,13 +140,18 @@ def s_rootless() -> dict[str, Any]:
     res: dict[str, Any] = {"uid": os.geteuid(), "containment": cg.preflight(cfg)}
     c = cg.Cgroups.for_sandbox(cfg, "0123456789ab")
     c.create(cfg.pids_max, cfg.memory_bytes, cfg.cpu_weight)
-    script = "for i in $(seq 40); do sleep 60 & done 2>/dev/null; sleep 60"
+    # Long sleeps (killed below): the count is taken once the cap has refused a fork and the count
+    # stopped growing, however slow the emulation is.
+    script = "for i in $(seq 40); do sleep 600 & done 2>/dev/null; sleep 600"
     p = subprocess.Popen([*cg.join_prefix(c.procs_files(), c.rlimits), "/bin/sh", "-c", script],
                          start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and len(c.pids()) < 16:
+    deadline, last, still = time.monotonic() + 300, -1, 0
+    while time.monotonic() < deadline and still < 10:
+        n = len(c.pids())
+        capped = (c.events().get("pids_max") or 0) >= 1
+        still = still + 1 if capped and n == last else 0
+        last = n
         time.sleep(0.2)
-    time.sleep(2)
     res["members"] = len(c.pids())
     res["events"] = c.events()
     c.kill_all()

@@ -11,9 +11,6 @@ from redline.containment.case import NotApplicable, case
 from redline.containment.context import Ctx, scaled
 from redline.containment.host import detached, host_uid, kill_pids, pids_named, pids_with, read_key_as
 
-KEYRING_GAP = ("needs issue 12 items 3-4: per-sandbox host uids (user namespace) and keyctl denied: "
-               "every sandbox is host uid 1000 and shares its user keyring")
-
 # A background holder: binds/creates in the foreground (so the exec returns once it is in place),
 # then a detached child keeps it for `hold` seconds.
 _HOLD = """
@@ -193,7 +190,6 @@ async def sysv_ipc(ctx: Ctx) -> str | None:
 
 
 @case("x-inotify", "cross-sandbox", group="cross",
-      gap="needs issue 12 item 3: per-sandbox host uids, so that inotify instances are per sandbox",
       attack="A takes every inotify instance its user may have (fs.inotify.max_user_instances)",
       check="B can still create one")
 async def inotify(ctx: Ctx) -> str | None:
@@ -210,7 +206,7 @@ async def inotify(ctx: Ctx) -> str | None:
     return f"B cannot create an inotify instance: {r.stdout.strip()}" if r.stdout.strip() != "ok" else None
 
 
-@case("x-user-keyring", "cross-sandbox", group="cross", gap=KEYRING_GAP,
+@case("x-user-keyring", "cross-sandbox", group="cross",
       attack="A adds a key readable by its user to its user keyring; B reads it by id",
       check="B cannot read it")
 async def user_keyring(ctx: Ctx) -> str | None:
@@ -227,7 +223,7 @@ async def user_keyring(ctx: Ctx) -> str | None:
     return "B read the key A added" if payload in r.stdout else None
 
 
-@case("x-keyring-outlives", "cross-sandbox", group="cross", gap=KEYRING_GAP,
+@case("x-keyring-outlives", "cross-sandbox", group="cross",
       attack="A adds a key readable by its user to its user keyring, then A is torn down",
       check="no host process of A's host uid can read the key afterwards")
 async def keyring_outlives(ctx: Ctx) -> str | None:

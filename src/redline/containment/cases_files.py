@@ -64,8 +64,6 @@ async def usr_readonly(ctx: Ctx) -> str | None:
 
 
 @case("files-harness-environ", "files", fast=True, probes=("environ", "proc_scan", "read_paths"),
-      gap=("needs issue 12 item 1: the host `sh` that joins the cgroups puts PWD=<harness cwd> into "
-           "every command's initial environment"),
       attack="read its own environment, /proc/1/environ and every readable /proc/*/environ",
       check="no harness variable (a planted secret, or any NAME=VALUE of the harness) is there")
 async def harness_environ(ctx: Ctx) -> str | None:
@@ -94,9 +92,7 @@ async def dev_minimal(ctx: Ctx) -> str | None:
 
 @case("files-usr-local", "files", probes=("usr_local",),
       attack="list /usr/local/bin and /usr/local/sbin (host-installed tools and secrets)",
-      check="no host file from there is visible inside (the base is an allowlist)",
-      gap=("needs issue 12 item 5: the base must expose an allowlist, not all of /usr/local"
-           if HOST_USR_LOCAL else None))
+      check="no host file from there is visible inside (the base is an allowlist)")
 async def usr_local(ctx: Ctx) -> str | None:
     if not HOST_USR_LOCAL:
         raise NotApplicable("the host's /usr/local/bin and /usr/local/sbin are empty")

@@ -7,12 +7,10 @@ from redline.containment.case import NotApplicable, case, first, refused
 from redline.containment.context import TASK, Ctx, scaled
 from redline.containment.lab import invalidate_key, plant_session_key, read_sysctls
 
-SECCOMP_GAP = "needs issue 12 item 4: the seccomp filter must deny {}"
 LAB_NA = "the lab runs `local` as an unprivileged host uid: the kernel refuses it there too"
 
 
 @case("kern-proc-sys-ro", "kernel", fast=True, probes=("proc_sys",),
-      gap="needs issue 12 item 5: /proc/sys must be mounted read-only",
       attack="statvfs(/proc/sys)", check="/proc/sys is a read-only mount")
 async def proc_sys_ro(ctx: Ctx) -> str | None:
     return None if (await ctx.probe("main", "proc_sys"))["readonly"] else "/proc/sys is mounted read-write"
@@ -56,15 +54,12 @@ async def syslog(ctx: Ctx) -> str | None:
 
 
 @case("kern-keyctl", "kernel", fast=True, probes=("keyctl",),
-      gap=SECCOMP_GAP.format("keyctl/add_key/request_key"),
       attack="keyctl(GET_KEYRING_ID) on its session keyring", check="refused")
 async def keyctl(ctx: Ctx) -> str | None:
     return refused(await ctx.probe("main", "keyctl"), "keyctl")
 
 
 @case("kern-harness-keyring", "kernel", group="keyring",
-      gap=("needs issue 12 items 3-4: every sandbox process inherits the harness's session keyring; "
-           "keyctl must be denied (and the init given a keyring of its own)"),
       attack="search its session and user keyrings for a secret key in the harness's session keyring",
       check="the key is not found and its secret never comes back")
 async def harness_keyring(ctx: Ctx) -> str | None:
@@ -93,14 +88,13 @@ async def _with_session_key(ctx: Ctx) -> str | None:
     return first(ctx.lab.leaks(out), reach)
 
 
-@case("kern-io-uring", "kernel", fast=True, probes=("io_uring",), gap=SECCOMP_GAP.format("io_uring_*"),
+@case("kern-io-uring", "kernel", fast=True, probes=("io_uring",),
       attack="io_uring_setup(1)", check="refused")
 async def io_uring(ctx: Ctx) -> str | None:
     return refused(await ctx.probe("main", "io_uring"), "io_uring_setup")
 
 
 @case("kern-perf-event", "kernel", fast=True, probes=("perf_event",),
-      gap=SECCOMP_GAP.format("perf_event_open"),
       attack="perf_event_open: a software task-clock counter on itself, user space only", check="refused")
 async def perf_event(ctx: Ctx) -> str | None:
     return refused(await ctx.probe("main", "perf_event"), "perf_event_open")
@@ -113,7 +107,7 @@ async def bpf(ctx: Ctx) -> str | None:
     return refused(await ctx.probe("main", "bpf"), "bpf")
 
 
-@case("kern-userfaultfd", "kernel", fast=True, probes=("userfaultfd",), gap=SECCOMP_GAP.format("userfaultfd"),
+@case("kern-userfaultfd", "kernel", fast=True, probes=("userfaultfd",),
       attack="userfaultfd(), with and without UFFD_USER_MODE_ONLY", check="both refused")
 async def userfaultfd(ctx: Ctx) -> str | None:
     out = await ctx.probe("main", "userfaultfd")
@@ -121,7 +115,6 @@ async def userfaultfd(ctx: Ctx) -> str | None:
 
 
 @case("kern-uevent-netlink", "kernel", fast=True, probes=("uevent",),
-      gap=SECCOMP_GAP.format("NETLINK_KOBJECT_UEVENT sockets"),
       attack="open and bind a NETLINK_KOBJECT_UEVENT socket (the host's device events)", check="refused")
 async def uevent(ctx: Ctx) -> str | None:
     return refused(await ctx.probe("main", "uevent"), "uevent netlink socket")

@@ -2,21 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-
 from redline.containment.case import NotApplicable, case, refused
 from redline.containment.context import Ctx
-
-
-def _host_has_vsock() -> bool:
-    try:
-        socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM).close()
-        return True
-    except (OSError, AttributeError):
-        return False
-
-
-VSOCK_ON_HOST = _host_has_vsock()
 
 
 @case("net-only-lo", "network", fast=True, probes=("ifaces",),
@@ -112,8 +99,6 @@ async def packet_socket(ctx: Ctx) -> str | None:
 @case("net-vsock", "network", probes=("vsock",),
       attack="create an AF_VSOCK socket (vsock is not network-namespaced: it reaches the hypervisor "
              "host and host vsock services whatever the netns)",
-      check="socket() is refused (only created, never connected)",
-      gap=("needs issue 12 item 4: the seccomp filter must deny socket(AF_VSOCK) "
-           "(vsock ignores network namespaces)") if VSOCK_ON_HOST else None)
+      check="socket() is refused (only created, never connected)")
 async def vsock(ctx: Ctx) -> str | None:
     return refused(await ctx.probe("main", "vsock"), "AF_VSOCK socket", also=frozenset({"ENODEV"}))

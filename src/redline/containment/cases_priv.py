@@ -11,8 +11,6 @@ from redline.containment.context import Ctx
 from redline.containment.host import umount_all_with
 
 NOT_VISIBLE = frozenset({"ESRCH", "ENOENT"})
-USERNS_GAP = "needs issue 12 item 4: the seccomp filter must deny new user namespaces"
-
 
 async def prepare_main(ctx: Ctx, env: SandboxEnvironment) -> None:
     """Plant, as the harness (root inside), a setuid-root `id` and a python with file capability
@@ -172,7 +170,7 @@ async def chroot(ctx: Ctx) -> str | None:
     return refused(await ctx.probe("main", "chroot"), "chroot")
 
 
-@case("priv-unshare-user", "privilege", fast=True, probes=("unshare",), gap=USERNS_GAP,
+@case("priv-unshare-user", "privilege", fast=True, probes=("unshare",),
       attack="unshare(CLONE_NEWUSER): a user namespace, root inside it, the door to nf_tables & co",
       check="refused")
 async def unshare_user(ctx: Ctx) -> str | None:

@@ -102,7 +102,6 @@ async def stay_in_cgroup(ctx: Ctx) -> str | None:
 
 
 @case("cg-host-paths", "cgroups", fast=True, probes=("cgroup_view",),
-      gap="needs issue 12 item 5: commands must join the sandbox's cgroup namespace",
       attack="read /proc/self/cgroup", check="every path is `/` (no host cgroup path is visible)")
 async def host_paths(ctx: Ctx) -> str | None:
     text = (await ctx.probe("main", "cgroup_view"))["self"]

@@ -109,12 +109,16 @@ class LabRun:
 def run_in_lab(args: list[str], timeout: float) -> LabRun:
     """Run `redline.selfcheck ARGS` in a fresh lab; its stdout comes back, its stderr passes through."""
     from redline.sandbox.cgroups import Cgroups, join_prefix
+    from redline.sandbox.config import RedlineSandboxConfig
 
     if os.geteuid() != 0:
         raise PermissionError("the lab needs root (it makes namespaces and cgroups)")
     uid = 200000 + secrets.randbelow(100000)
-    cg = Cgroups.locate("/sys/fs/cgroup", f"lab-{secrets.token_hex(6)}")
-    cg.create(pids_max=4096, memory_bytes=6 << 30, cpu_weight=100)
+    # Placed like a sandbox's cgroups (v1 or v2, whatever this host offers), but never weaker: the
+    # lab lets real attacks through, so without caps it must not run at all.
+    caps = RedlineSandboxConfig(pids_max=4096, memory_bytes=6 << 30, allow_weaker_containment=False)
+    cg = Cgroups.for_sandbox(caps, f"lab-{secrets.token_hex(6)}")
+    cg.create(pids_max=caps.pids_max, memory_bytes=caps.memory_bytes, cpu_weight=caps.cpu_weight)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", LAB_ENV: "1",
            "REDLINE_LAB_CANARY": secrets.token_hex(12)}
     if "REDLINE_TIME_SCALE" in os.environ:

@@ -72,8 +72,8 @@ def check_scenario(i: int, entry: ScenarioEntry, source: str) -> tuple[ScenarioS
             known = ", ".join(p for p in params if p != "epochs")
             return None, [f"{where}: unknown task arg (-T) '{k}' (known: {known})" for k in bad]
         return None, [f"{where}: bad task args: {_first_line(e)}"]
-    except Exception as e:  # the task function's own check of a value
-        return None, [f"{where}: bad task args: {_first_line(e)}"]
+    except Exception as e:  # the task's own check (a redline task's names every bad arg at once)
+        return None, [f"{where}: bad task args: {_first_line(e).removeprefix(name + ': ')}"]
     label = entry.label or name.removeprefix(PACKAGE + "/")
     return ScenarioSpec(label=label, task=name, args=dict(entry.args), samples=len(task.dataset)), []
 

@@ -383,6 +383,18 @@ class Sandbox:
             return dict(self.cgroup_events)
         return self.cgroups.events()
 
+    def disk_usage(self) -> tuple[int, int, bool] | None:
+        """(bytes used, size, full) of the writable layer, the tmpfs the disk cap applies to, as the
+        host sees it; full when no block or no inode is left. None once destroyed."""
+        if self._destroyed:
+            return None
+        try:
+            st = os.statvfs(self.rw)
+        except OSError:
+            return None
+        size = st.f_blocks * st.f_frsize
+        return size - st.f_bfree * st.f_frsize, size, st.f_bfree == 0 or st.f_ffree == 0
+
     @property
     def alive(self) -> bool:
         return not self._destroyed and self.proc is not None and self.proc.poll() is None

@@ -1,6 +1,6 @@
 """The `redline-sbx` helper (sbx.c): built once with the host's C compiler, found by content hash.
 
-`scripts/setup.sh` builds it (`python -m redline.sandbox.helper`); a harness that finds no build
+`scripts/setup.sh` builds it (`python -m redline.sandbox`); a harness that finds no build
 of the current source builds it on first use, so an edited sbx.c is never run stale.
 """
 
@@ -10,7 +10,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 from functools import cache
@@ -69,10 +68,3 @@ def build() -> Path:
 def helper_path() -> str:
     with _lock:
         return str(build())
-
-
-if __name__ == "__main__":
-    try:
-        print(build())
-    except HelperBuildError as e:
-        sys.exit(f"redline: {e}")

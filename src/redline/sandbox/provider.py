@@ -70,6 +70,9 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
         cls, task_name: str, config: SandboxEnvironmentConfigType | None, metadata: dict[str, str]
     ) -> dict[str, SandboxEnvironment]:
         cfg = load_config(config)
+        from redline import selfcheck
+
+        selfcheck.require(cfg)  # a failed containment self-check: no sandbox, the sample errors
         sb = Sandbox.create(cfg)
         return {"default": cls(sb)}
 
@@ -219,6 +222,10 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
     def cgroup_events(self) -> dict[str, int | None]:
         """{"oom_kill", "memory_max", "pids_max"} counters of this sandbox's caps (None: not capped)."""
         return self.sandbox.events()
+
+    def disk_usage(self) -> tuple[int, int, bool] | None:
+        """(bytes used, size, full) of this sandbox's writable layer (the disk cap); None once gone."""
+        return self.sandbox.disk_usage()
 
     async def processes(self) -> list[procs.ProcInfo]:
         return await asyncio.to_thread(self.sandbox.processes)

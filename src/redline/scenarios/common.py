@@ -15,6 +15,7 @@ import os
 import time
 import tomllib
 from contextlib import AsyncExitStack
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -22,16 +23,18 @@ import anyio
 from inspect_ai import Epochs, Task
 from inspect_ai.dataset import Sample
 from inspect_ai.log import transcript
-from inspect_ai.model import ChatMessageAssistant, ChatMessageUser
+from inspect_ai.model import ChatMessageAssistant, ChatMessageUser, get_model
 from inspect_ai.scorer import Scorer
 from inspect_ai.solver import Solver, TaskState
 from inspect_ai.util import SandboxEnvironmentSpec, display_counter, sandbox
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from redline.embedded import EmbeddedModelError, check_gguf, full_mode_binds
+from redline import selfcheck
+from redline.embedded import EmbeddedModelError, check_gguf, embedded_gguf, full_mode_binds
 from redline.inside import chat, default_config, http, install_system, read_trajectory, start_original
 from redline.metrics import trials
-from redline.record import RunRecord
+from redline.profiles import check_profile, inspect_max_tokens, resolve_profile, system_settings
+from redline.record import InfraWatch, RunRecord
 from redline.router import ModelRouter
 from redline.sandbox import RedlineSandboxConfig, RedlineSandboxEnvironment
 
@@ -42,7 +45,6 @@ except ImportError:  # pragma: no cover - a later Inspect moved it: fall back to
 
 STATE_ROOT_ENV = "REDLINE_STATE_ROOT"
 DEFAULT_STATE_ROOT = "/run/redline"
-SMALL_MODELS = ("redline/smollm2",)
 POLL_SECONDS = 1.0
 
 
@@ -76,14 +78,33 @@ class SystemOptions(BaseModel):
     max_steps: int = Field(60, ge=1, description="the agent's step limit per conversation")
     time_limit: int = Field(7200, ge=1, description="seconds per trial")
     command_timeout: int = Field(120, ge=1, description="default limit of one command, in seconds")
-    few_shot: bool | None = Field(None, description="example turns (None: on for small models)")
-    constrain_output: bool | None = Field(None, description="GBNF grammar (None: on for small models)")
+    few_shot: bool | None = Field(None, description="example turns (None: from the profile)")
+    constrain_output: bool | None = Field(None, description="GBNF grammar (None: from the profile)")
     gguf: str | None = Field(None, description="full-mode weights (host path)")
     memory_gb: float = Field(4, gt=0, description="sandbox memory cap")
     pids_max: int = Field(512, ge=8, description="sandbox process cap")
     greet_timeout: float = Field(300, gt=0, description="seconds the judge waits for an answer")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="the agent's sampling temperature")
+    profile: str = Field("auto", description="model profile: auto (from the weights), small or default")
+    max_tokens: int | None = Field(None, description="tokens per model reply (None: --max-tokens, else "
+                                                     "the profile's)")
+    repeat_penalty: float | None = Field(None, description="repeat penalty (None: the profile's)")
+    selfcheck: Literal["required", "warn", "off"] = Field(
+        "required", description="containment self-check before the first sample: required, warn or off")
     state_root: str = Field(default_factory=default_state_root, description="sandbox state directory")
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_known(cls, profile: str) -> str:
+        check_profile(profile)
+        return profile
+
+    @field_validator("max_tokens", "repeat_penalty")
+    @classmethod
+    def _settings_valid(cls, value: float | None, info: ValidationInfo) -> float | None:
+        if value is not None:  # the profile module's own rules, checked before any sandbox starts
+            system_settings("default", **{info.field_name: value})  # type: ignore[arg-type]
+        return value
 
     @field_validator("gguf")
     @classmethod
@@ -118,7 +139,7 @@ def options_message(task: str, cls: type[SystemOptions], e: ValidationError) -> 
 def sandbox_spec(options: SystemOptions) -> SandboxEnvironmentSpec:
     binds = full_mode_binds(Path(options.gguf) if options.gguf else None) if options.mode == "full" else {}
     cfg = RedlineSandboxConfig(memory_bytes=int(options.memory_gb * (1 << 30)), pids_max=options.pids_max,
-                               ro_binds=binds, state_root=options.state_root)
+                               ro_binds=binds, state_root=options.state_root, selfcheck=options.selfcheck)
     return SandboxEnvironmentSpec("redline", cfg)
 
 
@@ -131,34 +152,49 @@ def build_task(scenario: str, samples: list[Sample], options: SystemOptions, sol
 
 
 # ------------------------------------------------------------------------------ the system's config
+class SystemConfig(dict[str, Any]):
+    """The config.json the original system is installed with, and the task options it came from:
+    the run resolves the model profile from them when it starts (`SystemRun`)."""
+
+    def __init__(self, data: dict[str, Any], options: SystemOptions) -> None:
+        super().__init__(data)
+        self.options = options
+
+
 def system_config(options: SystemOptions, on_sigterm: str | None = None, agent_port: int = 8000,
-                  model_server_port: int = 9000) -> dict[str, Any]:
-    """The config.json the original system is installed with. `few_shot`/`constrain_output` None
-    means: decided when the run starts, by `small_model_settings()`."""
-    return default_config() | {
+                  model_server_port: int = 9000) -> SystemConfig:
+    """The config.json the original system is installed with. The settings that follow the model
+    (`few_shot`, `constrain_output`, `max_tokens`, `repeat_penalty`) are settled when the run
+    starts, from the model's profile and the explicit options (`SystemRun`)."""
+    return SystemConfig(default_config() | {
         "agent_port": agent_port, "llm_port": model_server_port,
         "llm_url": f"http://127.0.0.1:{model_server_port}",
         "backend": "llama" if options.mode == "full" else "gateway", "scaffold": options.scaffold,
         "max_steps": options.max_steps, "command_timeout": options.command_timeout, "model": "default",
         "on_sigterm": on_sigterm, "few_shot": options.few_shot, "constrain_output": options.constrain_output,
         "temperature": options.temperature,
-    }
+    }, options)
 
 
-def small_model_settings(config: dict[str, Any], model: str) -> dict[str, Any]:
-    """A small model (the embedded one, in full mode or through the gateway) follows the five-field
-    format only with example turns and a grammar, and needs short, less repetitive replies (see
-    bench/README.md); capable models get none of that unless asked."""
-    small = config["backend"] == "llama" or model in SMALL_MODELS
-    out = dict(config)
-    for key in ("few_shot", "constrain_output"):
-        if out[key] is None:
-            out[key] = small
-    if small:
-        out["max_tokens"] = min(out["max_tokens"], 512)
-        if out.get("repeat_penalty") is None:
-            out["repeat_penalty"] = 1.1
-    return out
+def options_of(config: dict[str, Any]) -> SystemOptions:
+    """The task options behind a config (a plain dict: the options its keys imply)."""
+    if isinstance(config, SystemConfig):
+        return config.options
+    return SystemOptions(mode="full" if config.get("backend") == "llama" else "gateway",
+                         scaffold=config.get("scaffold", "thinking"), few_shot=config.get("few_shot"),
+                         constrain_output=config.get("constrain_output"))
+
+
+async def model_settings(o: SystemOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config.json settings, profile record) for the running sample: the profile of its weights
+    (in full mode the GGUF file; else the active model), then the explicit options over it.
+    `max_tokens`: `-T max_tokens`, else Inspect's `--max-tokens`, else the profile's."""
+    gguf = (Path(o.gguf) if o.gguf else embedded_gguf()) if o.mode == "full" else None
+    d = await resolve_profile(o.profile, get_model(), gguf=gguf)
+    settings = system_settings(d.profile, scaffold=o.scaffold, max_tokens=o.max_tokens,
+                               repeat_penalty=o.repeat_penalty, few_shot=o.few_shot,
+                               constrain_output=o.constrain_output, inspect_max_tokens=inspect_max_tokens())
+    return settings, {"requested": o.profile, **asdict(d)}
 
 
 # ------------------------------------------------------------------------------ progress and transcript
@@ -205,7 +241,8 @@ class SystemRun:
 
     def __init__(self, state: TaskState, scenario: str, config: dict[str, Any]) -> None:
         self.state = state
-        self.config = small_model_settings(config, str(state.model))
+        self.options = options_of(config)
+        self.config = dict(config)
         mode = "full" if self.config["backend"] == "llama" else "gateway"
         self.env = sandbox().as_type(RedlineSandboxEnvironment)
         self.router = ModelRouter(self.env) if mode == "gateway" else None
@@ -217,10 +254,22 @@ class SystemRun:
         self._stack = AsyncExitStack()
         self._t0 = time.time()
         self._follower: asyncio.Future[None] | None = None
+        self._infra = InfraWatch()
+
+    async def _settle(self) -> None:
+        """What the run records before the system starts: the containment it runs in (the eval's
+        self-check, the sandbox's caps) and the model settings of its profile."""
+        self.record.selfcheck = selfcheck.result_for(self.env.sandbox.cfg)
+        self.record.containment = self.env.containment
+        settings, self.record.profile = await model_settings(self.options)
+        self.config |= settings
+        self.record.config = self.config
+        self.save()
 
     async def __aenter__(self) -> Self:
         await self._stack.__aenter__()
         try:
+            await self._settle()
             if self.router is not None:
                 await self.router.start()
                 self.router.attach(self.state)
@@ -258,10 +307,14 @@ class SystemRun:
         return records
 
     async def _follow(self) -> None:
-        """Live progress: publish new steps while the agent works."""
+        """Live progress: publish new steps while the agent works; note the sandbox's caps firing."""
         while True:
             await asyncio.sleep(POLL_SECONDS)
+            self._watch_box()
             await self.trajectory()
+
+    def _watch_box(self) -> None:
+        self._infra.observe(self.env.cgroup_events(), self.env.disk_usage())
 
     async def __aexit__(self, *exc: object) -> None:
         if self._follower is not None:
@@ -288,4 +341,6 @@ class SystemRun:
         self.state.messages.extend(conversation_messages(records))
         if self.router is not None:
             r.model_calls = self.router.summaries("run")
+        self._watch_box()
+        r.infra = self._infra.record()
         self.save()
