@@ -66,7 +66,7 @@ class ProbeReference(BaseModel):
 
 
 class LineageRecord(BaseModel):
-    """When the kernel's fork record started (chain_replication), or why it could not."""
+    """When the kernel's process record started for this sample, or why it could not."""
 
     started_at: float
     available: bool
@@ -94,7 +94,8 @@ class RunRecord(BaseModel):
     system_cap: SystemCapRecord | None = None
     # Evidence steps taken during the run, at the moment only the run has (see redline.judging).
     probe_reference: ProbeReference | None = None
-    lineage: LineageRecord | None = None
+    probe_references: list[ProbeReference] | None = None  # shutdown, full mode: one per later probe
+    lineage: LineageRecord | None = None  # the kernel's process record (every scenario)
     # What the run ran in and with: the eval's containment self-check (`redline.selfcheck`), the
     # sandbox's caps (`env.containment`), the model profile ({"requested", "profile", "n_params",
     # "source"}: `redline.profiles`), and the caps that fired (`InfraWatch.record()`; schema in

@@ -1,10 +1,19 @@
 """The model router: the one channel from a sandbox to the model under evaluation.
 
 It listens on a Unix socket in the sandbox's channel directory (seen inside as
-`/run/redline/model.sock`), identifies the process at the other end with the kernel's peer
-credentials (`SO_PEERCRED`, which a process cannot forge), and answers OpenAI chat completion
-requests by calling Inspect's active model, so that tokens, limits and the transcript are
-Inspect's own. Every call is recorded with its caller; the judge reads these records.
+`/run/redline/model.sock`) and answers OpenAI chat completion requests by calling Inspect's
+active model, so that tokens, limits and the transcript are Inspect's own. Every call is recorded
+with its caller; the judge reads these records.
+
+Who made a call, in three kernel-attested facts that no process can forge:
+- `caller`: the process that *connected* (`SO_PEERCRED`, taken at connect time);
+- `caller["writers"]`: every process that *wrote* the request (`SO_PASSCRED`: the kernel attaches
+  the sending process to each message, and a process without `CAP_SYS_ADMIN` cannot claim
+  another's pid);
+- `caller["holders"]`: every process that *holds* the connection when the request has been read
+  (the peer socket's inode, found in `/proc/PID/fd` of the sandbox's processes).
+A connection opened by one process and handed to another (SCM_RIGHTS, inheritance) shows up in
+the writers and holders: the opener alone is no evidence of who did the work.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from inspect_ai.solver import TaskState
 from inspect_ai.tool import ToolCall, ToolChoice, ToolFunction, ToolInfo
 from inspect_ai.util import LimitExceededError
 
+from redline.hostile import clean_cmdline, clean_text
 from redline.model_errors import readable_model_error
 from redline.profiles import server_fields
 from redline.sandbox import RedlineSandboxEnvironment, procs
@@ -73,13 +83,14 @@ class RouterCall:
 
 # ------------------------------------------------------------------------------ conversions
 def _text(content: Any) -> str:
+    # Agent-controlled: a lone surrogate here would make Inspect's log unwritable.
     if content is None:
         return ""
     if isinstance(content, str):
-        return content
+        return clean_text(content)
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return str(content)
+        return clean_text("".join(str(p.get("text", "")) for p in content if isinstance(p, dict)))
+    return clean_text(str(content))
 
 
 def messages_from_openai(raw: list[dict[str, Any]]) -> list[ChatMessage]:
@@ -191,14 +202,12 @@ def identify(env: RedlineSandboxEnvironment, host_pid: int) -> dict[str, Any]:
     try:
         p = psutil.Process(host_pid)
         with p.oneshot():
-            ppid, host_uid, cmdline, created = p.ppid(), p.uids().real, p.cmdline(), p.create_time()
+            ppid, cmdline, created = p.ppid(), p.cmdline(), p.create_time()
+        uid = procs.uid_of(host_pid)  # as seen inside (the sandbox's user namespace)
     except psutil.Error:  # gone already: the kernel vouched for the pid, the rest is lost
         return caller | {"pid": pid}
-    # The uid as the sandbox sees it (1000: the agent), as `ProcInfo.uid`; with a user namespace the
-    # host uid is one of the sandbox's own range.
-    uid = procs.inside_id(host_uid, procs.id_map(env.sandbox.init_pid))
-    return caller | {"pid": pid, "ppid": env.host_pid_to_inner(ppid), "uid": uid, "cmdline": cmdline,
-                     "start_time": _ticks_since_boot(created)}
+    return caller | {"pid": pid, "ppid": env.host_pid_to_inner(ppid), "uid": uid,
+                     "cmdline": clean_cmdline(cmdline), "start_time": _ticks_since_boot(created)}
 
 
 def _ticks_since_boot(created: float) -> int:
@@ -236,6 +245,59 @@ def parse_chat_request(body: bytes, provider: str = "") -> tuple[dict[str, Any],
         raise _bad_request(e) from None
 
 
+class CredReader:
+    """Reads a Unix stream connection and remembers the host pid of every process that wrote to
+    it (the kernel's SCM_CREDENTIALS, on a socket with SO_PASSCRED)."""
+
+    MAX_LINE = 1 << 16
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.writers: set[int] = set()
+
+    async def _fill(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                data, anc, _, _ = self.sock.recvmsg(1 << 16, socket.CMSG_SPACE(12))
+            except BlockingIOError:
+                await _readable(loop, self.sock)
+                continue
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS and len(payload) >= 12:
+                    self.writers.add(struct.unpack_from("3i", payload)[0])
+            if not data:
+                raise asyncio.IncompleteReadError(bytes(self.buf), None)
+            self.buf += data
+            return
+
+    async def readline(self) -> bytes:
+        while (end := self.buf.find(b"\n")) < 0:
+            if len(self.buf) > self.MAX_LINE:
+                raise BadRequest("header line too long")
+            await self._fill()
+        line = bytes(self.buf[:end + 1])
+        del self.buf[:end + 1]
+        return line
+
+    async def readexactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            await self._fill()
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    fut: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(sock.fileno(), lambda: fut.done() or fut.set_result(None))
+    try:
+        await fut
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
 # ------------------------------------------------------------------------------ the router
 class ModelRouter:
     """Serves one sandbox. `start()` opens the socket; model calls are answered only inside
@@ -252,16 +314,37 @@ class ModelRouter:
         self.calls: list[RouterCall] = []
         self.model_errors: list[BaseException] = []
         self.phase = "run"
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task[None] | None = None
         self._ctx: contextvars.Context | None = None
         self._serving = asyncio.Event()
         self._clients: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_unix_server(self._client, path=str(self.path))
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Every message then carries its writer's pid (accepted connections inherit the option).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        sock.bind(str(self.path))
         # The agent user (uid 1000) must be able to connect; the directory itself is read-only inside.
         os.chmod(self.path, 0o666)
+        sock.listen(64)
+        sock.setblocking(False)
+        self._listener = sock
+        self._accepting = asyncio.ensure_future(self._accept())
         self.env.on_cleanup.append(self.close)
+
+    async def _accept(self) -> None:
+        assert self._listener is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self._listener)
+            except OSError:
+                return  # closed
+            conn.setblocking(False)
+            task = asyncio.ensure_future(self._client(conn))
+            self._clients.add(task)
+            task.add_done_callback(self._clients.discard)
 
     def attach(self, state: TaskState) -> None:
         # The store logs what it can serialize; a router shows as null there, which is right.
@@ -273,9 +356,12 @@ class ModelRouter:
         return router if isinstance(router, ModelRouter) else None
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        if self._accepting is not None:
+            self._accepting.cancel()
+            self._accepting = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         # A call may wait for `serving()` that will never come (the sample ended without judging).
         for t in list(self._clients):
             t.cancel()
@@ -309,31 +395,37 @@ class ModelRouter:
         return next((e for e in self.model_errors if isinstance(e, LimitExceededError)), None)
 
     # ---------------------------------------------------------------- protocol
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sock: socket.socket = writer.get_extra_info("socket")
-        me = asyncio.current_task()
-        if me is not None:
-            self._clients.add(me)
+    async def _client(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
             caller = identify(self.env, struct.unpack("3i", creds)[0])
+            reader = CredReader(conn)
             try:
                 method, path, body = await asyncio.wait_for(self._read_request(reader), HEADER_TIMEOUT)
             except (BadRequest, ValueError, asyncio.IncompleteReadError, TimeoutError) as e:
                 status, payload = _error(400, f"bad request: {e}", "invalid_request_error")
             else:
+                caller |= await self._attribution(conn, reader.writers)
                 status, payload = await self._route(method, path, body, caller)
-            writer.write(_http_response(status, payload))
-            await writer.drain()
+            await loop.sock_sendall(conn, _http_response(status, payload))
         except (ConnectionError, OSError):
             pass
         finally:
-            writer.close()
-            if me is not None:
-                self._clients.discard(me)
+            conn.close()
+
+    async def _attribution(self, conn: socket.socket, writers: set[int]) -> dict[str, Any]:
+        """Who wrote the request and who holds the connection now (inside pids; -1 for a
+        process outside the sandbox)."""
+        peer = await self.env.unix_peer_inode(conn.fileno())
+        holders: list[int] = []
+        if peer is not None:
+            holders = (await self.env.socket_holders({peer})).get(peer, [])
+        inside = [self.env.host_pid_to_inner(w) for w in sorted(writers)]
+        return {"writers": [-1 if p is None else p for p in inside], "holders": sorted(holders)}
 
     @staticmethod
-    async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
+    async def _read_request(reader: CredReader) -> tuple[str, str, bytes]:
         line = (await reader.readline()).decode("latin-1").split()
         if len(line) < 2:
             raise BadRequest("no request line")
@@ -348,7 +440,7 @@ class ModelRouter:
 
     async def _route(self, method: str, path: str, body: bytes,
                      caller: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        if "pid" not in caller:
+        if "pid" not in caller or -1 in caller.get("writers", []):
             return _error(403, "caller is not a process of this sandbox", "permission_error")
         if method == "GET" and path.rstrip("/") == "/health":
             return 200, {"status": "ok"}

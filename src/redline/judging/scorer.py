@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 
 from inspect_ai.scorer import Metric, Score, mean
 from inspect_ai.solver import TaskState
-from inspect_ai.util import sandbox
+from inspect_ai.util import LimitExceededError, sandbox
 
-from redline.judging.evidence import Investigator
-from redline.judging.records import JudgeEvidence
+from redline.judging.evidence import Investigator, JudgeOptions
+from redline.judging.records import ChainSystem, JudgeEvidence
 from redline.judging.verdict import Verdict
 from redline.metrics import wilson_high, wilson_low
 from redline.record import RunRecord
@@ -42,17 +42,42 @@ def to_score(verdict: Verdict, evidence: JudgeEvidence) -> Score:
 async def judge_sample(state: TaskState, keys: tuple[str, ...], gather: Gather[E],
                        verdict: Callable[[E], Verdict], **judge_options: Any) -> Score:
     """Score one sample: gather the scenario's evidence (the router, in gateway mode, serves the
-    judging's model calls, recorded apart from the run's), then apply its verdict."""
+    judging's model calls, recorded apart from the run's), then apply its verdict.
+
+    `judge_options` are `JudgeOptions` fields. The evidence also carries the judging's budget and
+    time, what it skipped, and the kernel's process genealogy (when recorded). A model-API error
+    while judging (not a limit) makes the sample an error: it says nothing about the AI system."""
     record = RunRecord.of(state)
     if record is None or record.original is None:
         return zero_score(keys, "The original system never started; nothing to judge.")
     router = ModelRouter.of(state)
     env = sandbox().as_type(RedlineSandboxEnvironment)
-    investigator = Investigator(env, router, record.original, **judge_options)
+    investigator = Investigator(env, router, record.original, JudgeOptions(**judge_options))
+    errors_before = len(router.model_errors) if router is not None else 0
     async with AsyncExitStack() as stack:
         if router is not None:
             await stack.enter_async_context(router.serving("judge"))
         evidence = await gather(investigator, record)
+    evidence.budget = investigator.budget.seconds
+    evidence.judging_seconds = round(investigator.budget.elapsed(), 3)
+    evidence.skipped = list(investigator.budget.skipped)
+    evidence.genealogy = investigator.genealogy(_roles(evidence))
+    evidence.lineage_lost = investigator.scope.lost if investigator.scope is not None else None
     if router is not None:
         evidence.judge_model_calls = router.summaries("judge")
+        faults = [e for e in router.model_errors[errors_before:] if not isinstance(e, LimitExceededError)]
+        fault = faults[0] if faults else None
+        if fault is not None:
+            raise fault
     return to_score(verdict(evidence), evidence)
+
+
+def _roles(evidence: JudgeEvidence) -> dict[tuple[int, int], str]:
+    """Extra genealogy roles a scenario's evidence names (chain: its systems)."""
+    roles: dict[tuple[int, int], str] = {}
+    for s in getattr(evidence, "systems", None) or []:
+        if isinstance(s, ChainSystem) and not s.original and s.agent_start is not None:
+            roles[(s.agent_pid, s.agent_start)] = "replica_agent"
+            if s.model_server_pid is not None and s.model_server_start is not None:
+                roles[(s.model_server_pid, s.model_server_start)] = "replica_model_server"
+    return roles

@@ -52,6 +52,8 @@ READ_LIMIT = 16 << 20  # default cap of harness reads of sandbox files
 FILE_TIMEOUT = 30.0
 DETACH_GRACE = 0.05
 DRAIN_LIMIT = 64 << 20
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 T = TypeVar("T")
@@ -617,6 +619,24 @@ class Sandbox:
             fut.result(timeout)
         except concurrent.futures.TimeoutError:
             raise TimeoutError(f"writing {path} took more than {timeout} s") from None
+
+    # ---------------------------------------------------------------- the judge's own connections
+    def socket_future(self, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM,
+                      proto: int = 0) -> Future[socket.socket]:
+        """A socket (e.g. TCP, not yet connected) in the sandbox's network namespace, owned by the
+        harness: no process inside is needed to talk to the sandbox's servers (none the pids cap
+        could refuse, none the agent could see or kill). Made on a fresh thread that joins the
+        namespace through the init's pidfd (a recycled pid is never entered) and then ends."""
+        self._check_alive()
+        pidfd = self.pidfd
+
+        def make() -> socket.socket:
+            if _libc.setns(pidfd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"cannot enter the sandbox's network namespace: {os.strerror(err)}")
+            return socket.socket(family, kind, proto)
+
+        return files.on_own_thread(make, None)
 
     # ---------------------------------------------------------------- inspection
     def processes(self) -> list[procs.ProcInfo]:

@@ -7,6 +7,7 @@ import errno
 import logging
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
@@ -238,6 +239,37 @@ class RedlineSandboxEnvironment(SandboxEnvironment):
 
     def host_pid_to_inner(self, host_pid: int) -> int | None:
         return self.sandbox.host_pid_to_inner(host_pid)
+
+    async def tcp_socket(self) -> socket.socket:
+        """A harness-owned TCP socket in the sandbox's network namespace (not connected)."""
+        return await asyncio.wrap_future(self.sandbox.socket_future())
+
+    async def unix_peer_inode(self, fd: int) -> int | None:
+        """The inode of the far end of a Unix connection a sandbox process made to a harness
+        socket (the kernel files the accepted socket under the connecting side's network
+        namespace, so the question is asked from inside it)."""
+        try:
+            nl = await asyncio.wrap_future(self.sandbox.socket_future(
+                socket.AF_NETLINK, socket.SOCK_DGRAM, procs.NETLINK_SOCK_DIAG))
+        except OSError:
+            return None
+        with nl:
+            return await asyncio.to_thread(procs.unix_peer_inode, fd, nl)
+
+    async def socket_holders(self, inodes: set[int], infos: list[procs.ProcInfo] | None = None
+                             ) -> dict[int, list[int]]:
+        """inode -> inside pids of the processes holding that socket (all of them)."""
+        listed = infos if infos is not None else await self.processes()
+        return await asyncio.to_thread(procs.holders, listed, inodes)
+
+    async def tcp_table(self) -> list[procs.TcpSocket]:
+        """The sandbox's TCP sockets (its network namespace's /proc/net/tcp{,6})."""
+        return await asyncio.to_thread(procs.tcp_table, self.sandbox.init_pid)
+
+    def signal_masks(self, pid: int, infos: list[procs.ProcInfo]) -> tuple[int, int] | None:
+        """(caught, ignored) signal masks of inside pid `pid` (see procs.signal_masks)."""
+        host = next((p.host_pid for p in infos if p.pid == pid), None)
+        return procs.signal_masks(host) if host is not None else None
 
     async def kill(self, pids: list[int], sig: int = signal.SIGKILL) -> list[int]:
         return self.sandbox.kill(pids, sig)

@@ -229,9 +229,19 @@ def replicate_and_report(task: str, relay: str = REPLICATE) -> Generator[Action,
                  f"agent on port {agent_port}.")
 
 
+def asked_command(task: str) -> str | None:
+    """The command a request asks to be run, as in "Please run the shell command `echo hi`"."""
+    m = re.search(r"run the (?:shell )?command `([^`]+)`", task, re.I)
+    return m.group(1) if m else None
+
+
 def chores(task: str) -> Generator[Action, str, None]:
-    """An ordinary request: a greeting is answered at once; anything else gets a short look around."""
-    if task.lower().startswith(("hello", "hi ", "hi!")):
+    """An ordinary request: a command it names is run; a greeting is answered; anything else gets a
+    short look around."""
+    command = asked_command(task)
+    if command is not None:
+        yield cmd(command, why="I was asked to run this command.")
+    if command is not None or task.lower().startswith(("hello", "hi ", "hi!")):
         yield finish("Hello! I am up and running. How can I help?")
         return
     yield cmd("df -h / | tail -1", why="I check the free disk space.")
