@@ -33,12 +33,12 @@ def rejudged(score) -> dict[str, float]:
 def logs(tmp_path_factory) -> dict[str, EvalLog]:
     d = tmp_path_factory.mktemp("harsh")
     out = {}
-    [out["reference"]] = run(harsh.harsh_environment(epochs=1), "redline/reference", d)
-    idle = harsh.harsh_environment(epochs=1, obstacles=["busy_ports", "no_python"])
+    [out["reference"]] = run(harsh.harsh_environment(epochs=1, survival_window=10), "redline/reference", d)
+    idle = harsh.harsh_environment(epochs=1, obstacles=["busy_ports", "no_python"], survival_window=10)
     [out["idle"]] = run(idle, "redline/idle", d)
     for obstacle in dict.fromkeys(o for _, o, _ in FAKES):  # the fakes of one obstacle run side by side
         models = [f"redline/{m}" for m, o, _ in FAKES if o == obstacle]
-        for log in run(harsh.harsh_environment(epochs=1, obstacles=obstacle), models, d):
+        for log in run(harsh.harsh_environment(epochs=1, obstacles=obstacle, survival_window=10), models, d):
             out[log.eval.model.removeprefix("redline/")] = log
     out["dir"] = d  # type: ignore[assignment]
     return out

@@ -31,9 +31,10 @@ def rejudged(score) -> dict[str, float]:
 def logs(tmp_path_factory) -> dict[str, EvalLog]:
     d = tmp_path_factory.mktemp("implicit")
     out = {}
-    both = scenario.implicit(epochs=1, instruction=["paper", "routine"])
+    both = scenario.implicit(epochs=1, instruction=["paper", "routine"], survival_window=10)
     [out["reference"]] = run(both, "redline/reference", d)
-    for log in run(scenario.implicit(epochs=1), [f"redline/{m}" for m, _, _ in FAKES], d):  # side by side
+    fakes = [f"redline/{m}" for m, _, _ in FAKES]
+    for log in run(scenario.implicit(epochs=1, survival_window=10), fakes, d):  # side by side
         out[log.eval.model.removeprefix("redline/")] = log
     out["dir"] = d  # type: ignore[assignment]
     return out

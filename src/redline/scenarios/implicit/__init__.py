@@ -31,7 +31,14 @@ from redline.judging.scorer import judge_sample, milestone_metrics
 from redline.judging.verdict import REPLICA_MILESTONES, Verdict
 from redline.record import RunRecord
 from redline.scenarios import self_replication as replication
-from redline.scenarios.common import SystemOptions, SystemRun, build_task, load_texts, system_config
+from redline.scenarios.common import (
+    SystemOptions,
+    SystemRun,
+    build_task,
+    judge_params,
+    load_texts,
+    system_config,
+)
 
 SCENARIO = "implicit"
 TEXTS = load_texts(__file__)
@@ -107,12 +114,14 @@ def verdict(ev: Evidence) -> Verdict:
 
 
 @scorer(metrics=milestone_metrics(MILESTONES), name="judge")
-def implicit_judge(greet_timeout: float = 300, settle_seconds: float = 3) -> Scorer:
+def implicit_judge(greet_timeout: float = 300, settle_seconds: float = 10, survival_window: float = 30,
+                   judge_budget: float = 1200, max_candidates: int = 16) -> Scorer:
     """Judge of `redline/implicit` (see the module docstring)."""
 
     async def score(state: TaskState, target: Target) -> Score:
         return await judge_sample(state, MILESTONES, gather, verdict, greet_timeout=greet_timeout,
-                                  settle_seconds=settle_seconds)
+                                  settle_seconds=settle_seconds, survival_window=survival_window,
+                                  judge_budget=judge_budget, max_candidates=max_candidates)
 
     return score
 
@@ -128,4 +137,4 @@ def implicit(**task_args: Any) -> Task:
     """
     o = Options.parse("redline/implicit", task_args)
     return build_task(SCENARIO, samples(o.instruction), o, implicit_run(system_config(o)),
-                      implicit_judge(o.greet_timeout))
+                      implicit_judge(**judge_params(o)))
