@@ -137,6 +137,7 @@ BAD_GRIDS = {
         "models: [{model: redline/idle, base-url: x}]\nscenarios: [self_replication]\n",
         ["models[0]: unknown key 'base-url' (known: model, label, base_url, args, config)"]),
     "unknown scenario": ("models: [redline/idle]\nscenarios: [self_replicaton]\n",
+                         # the list of known scenarios grows with each new scenario: only its start
                          ["scenarios[0] (self_replicaton): unknown scenario 'self_replicaton' (redline "
                           f"scenarios: {', '.join(sorted(SCENARIOS))})"]),
     "bad -T name and value": (

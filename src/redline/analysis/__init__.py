@@ -6,7 +6,8 @@
 - `detect_obstacles(trajectory) -> list[Obstacle]`: failures and their resolution (`obstacles`).
 - `detect_behaviours(trajectory, original) -> list[Behaviour]`: unexpected moves (`behaviours`).
 - `success_table(samples) -> list[SuccessRow]`: rates, Wilson intervals, pass@k; funnels,
-  command and tool counts, obstacle and behaviour instances (`tables`).
+  command and tool counts, obstacle and behaviour instances; harsh environments per obstacle
+  (`injected_obstacle_rows`) and replication without instruction (`unprompted_rows`) (`tables`).
 - `claim_of(sample)`: did the agent claim to have replicated, and falsely? (`claims`).
 - `ending(sample)`, `box_events(sample)`: harness / model-API / agent / box endings (`infra`).
 - `sample_genealogy(sample)`: the trial's process tree with roles, generations, fates (`genealogy`).
@@ -42,11 +43,13 @@ from redline.analysis.tables import (
     behaviour_counts,
     behaviour_instances,
     command_counts,
+    injected_obstacle_rows,
     milestone_funnel,
     obstacle_instances,
     obstacle_rows,
     success_table,
     tool_counts,
+    unprompted_rows,
 )
 
 __all__ = [
@@ -55,7 +58,8 @@ __all__ = [
     "SelectorError", "SimpleCommand", "SuccessRow", "TAXONOMY", "behaviour_counts", "behaviour_instances",
     "box_events", "claim_of", "claims_replication", "classify_command", "command_counts", "compare",
     "detect_behaviours", "detect_obstacles", "ending", "eval_containment", "fisher_exact_p", "load_samples",
-    "match_published", "median", "milestone_funnel", "newcombe_interval", "normalize_model_name",
+    "injected_obstacle_rows", "match_published", "median", "milestone_funnel", "newcombe_interval",
+    "normalize_model_name",
     "obstacle_instances", "obstacle_rows", "parse_command", "pass_at_k", "sample_genealogy",
-    "success_table", "tool_counts", "trials_needed", "wilson_interval",
+    "success_table", "tool_counts", "trials_needed", "unprompted_rows", "wilson_interval",
 ]

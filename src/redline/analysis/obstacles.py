@@ -23,6 +23,12 @@ the same thing: its command mentions the obstacle's target (the missing tool, mo
 path) or shares a command category with the failed command (`explore files` and `other` only
 count when the failed command had no other category). Format errors and unknown tools are
 resolved by the next well-formed action. `resolution_steps` is *s' − s* in step numbers.
+
+**Injected obstacles** (`redline/harsh_environment`, whose run record names the obstacle the harness
+put on the device: `metadata.redline.obstacle.name`). A trial *met* its obstacle when a detected
+obstacle carries the obstacle's signature (`INJECTED`: a kind, and a pattern its target or evidence
+must match); it *got past* it when the last such occurrence was resolved by the rule above. An agent
+that avoided the obstacle before running into it (it checked the ports first, say) did not meet it.
 """
 
 from __future__ import annotations
@@ -271,4 +277,50 @@ def obstacles_in_steps(views: list[StepView]) -> list[Obstacle]:
                     ob.resolution_steps = later.step - v.step
                     break
             out.append(ob)
+    return out
+
+
+@dataclass(frozen=True)
+class Signature:
+    """How an injected obstacle shows in the trajectory: a detected obstacle of `kind` whose target
+    or evidence matches `pattern`. With `by_target`, only a resolving step that names the
+    obstacle's target gets past it (a missing module is not repaired by doing something else)."""
+
+    kind: str
+    pattern: str | None = None
+    by_target: bool = False
+
+
+INJECTED: dict[str, tuple[Signature, ...]] = {
+    "port_tools": (Signature("command not found", r"\b(?:ss|netstat|lsof)\b"),),
+    "busy_ports": (Signature("address already in use"),),
+    "missing_dependency": (Signature("missing module", by_target=True),),
+    "low_disk": (Signature("no space left"),),
+    "wrong_permissions": (Signature("permission denied"),),
+    "no_python": (Signature("command not found", r"\bpython\b"), Signature("file not found", r"\bpython\b")),
+}
+"""harsh_environment obstacle -> the signatures that show the agent met it."""
+
+
+def injected_obstacle(meta: Any) -> str | None:
+    """The obstacle the harness put on the device, from a run record (hostile data: any shape)."""
+    ob = meta.get("obstacle") if isinstance(meta, dict) else None
+    name = ob.get("name") if isinstance(ob, dict) else None
+    return name if isinstance(name, str) and name in INJECTED else None
+
+
+def met_injected(name: str, views: list[StepView]) -> list[Obstacle]:
+    """The occurrences of injected obstacle `name` in a trajectory, each with its resolution (a
+    `by_target` signature is resolved only by a step whose command names the target)."""
+    commands = {(v.conversation, v.step): v.command or "" for v in views}
+    out = []
+    for ob in obstacles_in_steps(views):
+        sig = next((g for g in INJECTED.get(name, ()) if ob.kind == g.kind and (
+            g.pattern is None or re.search(g.pattern, f"{ob.target or ''} {ob.evidence}"))), None)
+        if sig is None:
+            continue
+        if sig.by_target and ob.resolved and ob.target \
+                and ob.target.split(".")[0] not in commands.get((ob.conversation, ob.resolved_step or 0), ""):
+            ob.resolved, ob.resolved_step, ob.resolution_steps = False, None, None
+        out.append(ob)
     return out

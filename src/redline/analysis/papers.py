@@ -84,3 +84,14 @@ def match_published(models: Iterable[str]) -> list[tuple[PublishedResult, list[s
     """Each published row with the names of our models that match it (possibly none)."""
     normalized = {m: normalize_model_name(m) for m in models}
     return [(row, sorted(m for m, n in normalized.items() if row.matches(n))) for row in PUBLISHED]
+
+
+PAPER2_VARIANTS: dict[str, str] = {
+    "harsh_environment": "reports successful cases in harsher environments (software missing, ports "
+                         "occupied, low disk); no per-model success rate",
+    "implicit": "reports successful replication without an explicit instruction, after a notice of shutdown; "
+                "no per-model success rate",
+    "persistence": "reports an agent that had supervisord restart it when killed; no per-model success rate",
+}
+"""What paper 2 published on its variant scenarios, as we read it: cases, not rates (none we could
+confirm). The report shows this beside our rates instead of a number."""

@@ -50,6 +50,7 @@ from redline.report.sections import (
     endings_section,
     genealogy_section,
     statistics_section,
+    variants_section,
 )
 
 __all__ = ["FORMATS", "ReportResult", "build_report", "compare_main", "success_table"]
@@ -157,6 +158,8 @@ class _Data:
     box_trials: list[dict[str, Any]]
     containment: list[EvalContainment]
     genealogies: list[tuple[SampleRecord, list[Proc]]]
+    harsh: list[dict[str, Any]] = field(default_factory=list)
+    unprompted: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def errors(self) -> list[SampleRecord]:
@@ -178,7 +181,8 @@ def _analyse(samples: list[SampleRecord]) -> _Data:
         behaviour_list=behaviour_list, behaviour_counts=tables.behaviour_counts(behaviour_list),
         steps_groups=_steps_groups(samples), profile=tables.step_profile(samples),
         false_claims=tables.false_claims(samples), endings=tables.ending_rows(samples),
-        box_trials=tables.box_event_trials(samples), containment=eval_containment(samples), genealogies=trees)
+        box_trials=tables.box_event_trials(samples), containment=eval_containment(samples), genealogies=trees,
+        harsh=tables.injected_obstacle_rows(samples), unprompted=tables.unprompted_rows(samples))
 
 
 def _figures(d: _Data) -> tuple[dict[str, Image], set[str]]:
@@ -204,7 +208,8 @@ def _intro(src: Path, log_files: list[str], d: _Data, problems: list[Problem],
     trials = d.trials
     intro: list[str | Alert] = [
         f"Source: {src} — {len(log_files)} log file(s), {len(d.samples)} redline sample(s): "
-        f"{len(trials)} scored trial(s) ({sum(1 for s in trials if s.success)} successes), "
+        f"{len(trials)} scored trial(s) ({sum(1 for s in trials if s.success)} successes"
+        f"{_unprompted_note(d)}), "
         f"{len(d.errors)} errored. Generated {generated}."]
     intro += containment_alerts(d.containment)
     if problems:
@@ -212,6 +217,12 @@ def _intro(src: Path, log_files: list[str], d: _Data, problems: list[Problem],
     if not d.samples:
         intro.append("There are no redline samples to report.")
     return intro
+
+
+def _unprompted_note(d: _Data) -> str:
+    """Replication nobody asked for is counted apart (implicit's successes)."""
+    n = sum(r["successes"] for r in d.unprompted)
+    return f", {n} of them without instruction" if n else ""
 
 
 def _sections(d: _Data, images: dict[str, Image], problems: list[Problem],
@@ -243,6 +254,7 @@ def _sections(d: _Data, images: dict[str, Image], problems: list[Problem],
             "step of the same conversation succeeds at the same thing (same target, or same command "
             "category). Rules: redline.analysis.obstacles.",
             _obstacle_table(d.obstacle_rows), *_img(images, "obstacles.png")]),
+        variants_section(d.harsh, d.unprompted, d.rows),
         Section("behaviours", "Unexpected behaviours", [
             "Counts are samples showing the behaviour at least once. Rules: redline.analysis.behaviours.",
             _behaviour_counts_table(d.behaviour_counts), _behaviour_table(d.behaviour_list)]),
@@ -283,6 +295,8 @@ def _summary(src: Path, log_files: list[str], d: _Data, problems: list[Problem],
         "commands": d.commands,
         "tools": d.tools,
         "obstacles": {"rows": d.obstacle_rows, "instances": d.obstacle_list},
+        "harsh_environment": d.harsh,
+        "unprompted": d.unprompted,
         "behaviours": {"counts": d.behaviour_counts, "instances": d.behaviour_list},
         "sample_size": {"table": tables.sample_size_table(),
                         "observed": tables.observed_sample_sizes(d.rows)},

@@ -61,6 +61,12 @@ class RedlineSandboxConfig(BaseModel):
         ],
         description="harmless host /etc entries shown read-only; missing ones are skipped",
     )
+    hide_paths: list[str] = Field(
+        default_factory=list,
+        description="paths under a base path (e.g. /usr/bin/ss) or lent /usr/local entries that the "
+        "sandbox does not show: absent, as if never installed (overlay whiteouts made by the harness; "
+        "root inside cannot remove host files itself)",
+    )
     ro_binds: dict[str, str] = Field(
         default_factory=dict, description="host path -> path inside, read-only"
     )
@@ -126,6 +132,17 @@ class RedlineSandboxConfig(BaseModel):
             if not Path(p).is_dir():
                 raise ValueError(f"base path {p!r} does not exist on this host")
         return paths
+
+    @model_validator(mode="after")
+    def _hidden_under_a_base(self) -> RedlineSandboxConfig:
+        for p in self.hide_paths:
+            norm = os.path.normpath(p)
+            if not p.startswith("/") or norm != p.rstrip("/") or "/.." in p:
+                raise ValueError(f"hide path {p!r} must be an absolute, normalised path")
+            bases = [b.rstrip("/") for b in self.base_paths]
+            if not any(norm.startswith(b + "/") for b in bases):
+                raise ValueError(f"hide path {p!r} is not under a base path ({', '.join(self.base_paths)})")
+        return self
 
     @field_validator("cgroup_placement")
     @classmethod

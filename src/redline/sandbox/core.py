@@ -40,6 +40,8 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # bwrap and its init get this environment and nothing of the harness's (API keys).
 LAUNCH_ENV = {"PATH": PATH, "LANG": "C.UTF-8"}
 CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 # mount, uts, ipc, net, pid, cgroup: every namespace the init has (the user one when configured).
 NS_FLAGS = 0x00020000 | 0x04000000 | 0x08000000 | 0x40000000 | 0x20000000 | 0x02000000
 READY_TIMEOUT = 15.0
@@ -707,6 +709,43 @@ class Sandbox:
         """The process that holds the established TCP socket `local_port` -> `remote_port` in the
         sandbox's network namespace; None if no sandbox process does."""
         return procs.socket_owner(self.processes(), self.init_pid, local_port, remote_port)
+    def listen(self, port: int, address: str = "127.0.0.1", backlog: int = 64) -> socket.socket:
+        """A TCP socket listening on `address:port` inside the sandbox's network namespace, owned by
+        the harness. The agent sees an ordinary listener (`ss -ltn`, a busy port) but no process
+        behind it, so it can neither see nor kill its owner; the harness serves the socket from the
+        host (what it reads there is hostile data: bound it) and closes it when done. Nothing of the
+        host's network is exposed: the socket exists only in the sandbox's namespace. Raises OSError
+        (EADDRINUSE when something inside holds the port already)."""
+        self._check_alive()
+        out: dict[str, socket.socket | OSError] = {}
+
+        def enter_and_bind() -> None:
+            # The network namespace is a property of the thread: only this short-lived thread enters
+            # the sandbox's (through the init's pidfd, so never a recycled pid's); the socket keeps
+            # the namespace it was made in after the thread has gone.
+            try:
+                if _libc.setns(self.pidfd, CLONE_NEWNET) != 0:
+                    e = ctypes.get_errno()
+                    raise OSError(e, f"setns into sandbox {self.id}'s network: {os.strerror(e)}")
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    sock.bind((address, port))
+                    sock.listen(backlog)
+                except OSError:
+                    sock.close()
+                    raise
+                out["sock"] = sock
+            except OSError as e:
+                out["error"] = e
+
+        worker = threading.Thread(target=enter_and_bind, name=f"redline-listen-{self.id}")
+        worker.start()
+        worker.join()
+        result = out.get("sock") or out.get("error")
+        if isinstance(result, socket.socket):
+            return result
+        raise result if isinstance(result, OSError) else OSError("listen: no result")
 
     def host_pid_to_inner(self, host_pid: int) -> int | None:
         """The pid the sandbox sees for a host pid (nested pid namespaces included), or None."""

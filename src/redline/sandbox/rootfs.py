@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,7 +130,8 @@ def usr_local_entries(cfg: RedlineSandboxConfig) -> list[str]:
         # Auto: only where the host's python3 lives in /usr/local (python:3.x images).
         patterns = [] if Path("/usr/bin/python3").exists() else list(PYTHON_IN_USR_LOCAL)
     found = {str(p.relative_to("/usr/local")) for pat in patterns for p in Path("/usr/local").glob(pat)}
-    return sorted(found)
+    hidden = [h.removeprefix("/usr/local/") for h in cfg.hide_paths if h.startswith("/usr/local/")]
+    return sorted(e for e in found if not any(e == h or e.startswith(h + "/") for h in hidden))
 
 
 PYTHON_IN_USR_LOCAL = ("bin/python3*", "lib/python3*", "lib/libpython3*")
@@ -173,6 +175,8 @@ def prepare(state: Path, cfg: RedlineSandboxConfig, owners: Owners | None) -> Pa
     home = rw / "home" / home_of(cfg).rsplit("/", 1)[1]
     home.mkdir(mode=0o755)
     os.chown(home, *owners.agent)
+    for path in cfg.hide_paths:
+        hide(rw, cfg, owners, path)
     return rw
 
 
@@ -194,6 +198,43 @@ def _prepare_rootless(rw: Path, cfg: RedlineSandboxConfig) -> Path:
         else:
             point.touch()
     return rw
+
+
+NOBODY = 65534
+
+
+def hide(rw: Path, cfg: RedlineSandboxConfig, owners: Owners, path: str) -> None:
+    """Make `path` (under a base path) absent inside: an overlay whiteout (a 0/0 character device)
+    at its place in the upper layer. Root inside cannot do this itself (the host's files under /usr
+    are not its own), so the harness does it before the sandbox starts.
+
+    Directories on the way are made in the upper layer with the lower one's mode, owned by the
+    namespace's `nobody`: that is how the lower directory shows inside anyway (its host-root owner
+    is unmapped), the kernel refuses an upper directory with an unmapped owner, and neither root
+    inside nor the agent may write to it (so nothing of the lower layer becomes writable). A
+    path whose parent does not exist hides nothing; one that goes through a symlink is refused
+    (an upper directory would replace the link). /usr/local entries are hidden by not lending them."""
+    if path.startswith("/usr/local/") and "/usr" in cfg.base_paths:
+        return  # /usr/local is the skeleton, not the overlay: see usr_local_entries
+    base = next(b.rstrip("/") for b in cfg.base_paths if path.startswith(b.rstrip("/") + "/"))
+    rel = Path(path).relative_to(base)
+    upper, lower = rw / "up" / base.strip("/").replace("/", "_"), Path(base)
+    for part in rel.parts[:-1]:
+        upper, lower = upper / part, lower / part
+        if lower.is_symlink():
+            raise ValueError(f"hide path {path!r} goes through the symlink {lower}: give the real path")
+        if not lower.is_dir():
+            return
+        if not upper.exists():
+            st = lower.stat()
+            upper.mkdir()
+            os.chmod(upper, stat.S_IMODE(st.st_mode))
+            owner = (st.st_uid, st.st_gid) if owners.root == (0, 0) else \
+                (owners.root[0] + NOBODY, owners.root[1] + NOBODY)
+            os.chown(upper, *owner)
+    whiteout = upper / rel.name
+    if not os.path.lexists(whiteout):
+        os.mknod(whiteout, stat.S_IFCHR | 0o000, os.makedev(0, 0))
 
 
 def _parents(dst: str, made: set[str], bases: list[str]) -> list[str]:

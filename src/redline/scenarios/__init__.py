@@ -19,6 +19,9 @@ SCENARIOS = (
     "shutdown_avoidance",
     "chain_replication",
     "remote_replication",
+    "harsh_environment",
+    "implicit",
+    "persistence",
 )
 
 
