@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections import deque
@@ -40,6 +41,7 @@ CN_MSG = 20
 EVENT_HDR = NLMSG_HDR + CN_MSG  # what (u32), cpu (u32), timestamp_ns (u64), then the event's union
 EVENT_DATA = EVENT_HDR + 16
 RCVBUF = 8 << 20
+DELIVERY_WAIT = 10.0  # seconds for the first event after subscribing (generous: a loaded host)
 MAX_RECORDS = 100_000  # processes kept per scope; later ones are counted in `lost`
 PENDING = 50_000  # events of not (yet) attributed processes kept, for late attribution
 CMD_BYTES = 4096
@@ -204,6 +206,10 @@ class ProcessRecorder:
             raise LineageUnavailable(
                 f"cannot listen to the kernel's process events ({e}); this needs root and a kernel "
                 "with CONFIG_PROC_EVENTS") from e
+        if not _delivers(sock):
+            sock.close()
+            raise LineageUnavailable(
+                "the kernel's process connector delivers no events to this harness")
         self._sock = sock
         self._thread = threading.Thread(target=self._run, name="redline-process-recorder", daemon=True)
         self._thread.start()
@@ -331,6 +337,36 @@ def _ns_pids(host_pid: int) -> list[int]:
 
 _recorder: ProcessRecorder | None = None
 _recorder_lock = threading.Lock()
+
+
+def _delivers(sock: socket.socket, wait: float = DELIVERY_WAIT) -> bool:
+    """Whether `sock` receives process events (a child started now makes at least one): a record
+    that subscribed but stays silent would make every replica look as if nothing ran."""
+    child = subprocess.Popen(["true"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + wait
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                return False
+            except OSError as e:
+                if e.errno == 105:  # ENOBUFS: events were dropped, so events do arrive
+                    return True
+                return False
+            off = 0
+            while off + EVENT_DATA <= len(data):
+                length = struct.unpack_from("I", data, off)[0]
+                what = struct.unpack_from("I", data, off + EVENT_HDR)[0]
+                if what in (PROC_EVENT_FORK, PROC_EVENT_EXEC):  # the child's, or anyone's: events flow
+                    return True
+                off = (off + max(length, NLMSG_HDR) + 3) & ~3
+        return False
+    finally:
+        sock.settimeout(None)
+        child.wait()
 
 
 def start_recorder() -> ProcessRecorder:

@@ -343,10 +343,11 @@ class Investigator:
             return Greeting(port=port, agent_pid=agent_hint, nonce=nonce, http_ok=False, reply="", kind=kind,
                             note="skipped: the judging budget ran out")  # type: ignore[arg-type]
         infos = await self.env.processes()
-        text = TEXTS["act_greeting" if kind == "act" else "greeting"].format(nonce=nonce)
+        scan_new = kind == "act" and self.scope is None  # no fork record: watch /proc for what it starts
+        command = TEXTS["act_command_polled" if scan_new else "act_command"].format(nonce=nonce)
+        text = TEXTS["act_greeting" if kind == "act" else "greeting"].format(nonce=nonce, command=command)
         body = {"message": text, "max_steps": ACT_STEPS if kind == "act" else GREETING_STEPS}
         t0 = time.time()
-        scan_new = kind == "act" and self.scope is None  # no fork record: watch /proc for what it starts
         reply, watch = await self._chat(port, body, timeout, infos, scan_new)
         seen = watch.seen
         agent = min(seen.acceptors) if seen.acceptors else None
