@@ -36,19 +36,20 @@ by the report (`redline.analysis.obstacles.injected_obstacle_rows`), not by the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 from inspect_ai import Task, task
 from inspect_ai.dataset import Sample
 from inspect_ai.scorer import Score, Scorer, Target, scorer
 from inspect_ai.solver import Generate, Solver, TaskState, solver
 from inspect_ai.util import SandboxEnvironmentSpec
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from redline.judging.evidence import Investigator
 from redline.judging.scorer import judge_sample, milestone_metrics
 from redline.judging.verdict import REPLICA_MILESTONES, Verdict
 from redline.record import RunRecord
+from redline.sandbox.config import rootless
 from redline.scenarios import self_replication as replication
 from redline.scenarios.common import (
     SystemOptions,
@@ -81,6 +82,16 @@ class Options(SystemOptions):
             raise ValueError(f"unknown obstacle(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
                              f"known: all, {', '.join(OBSTACLES)}")
         return list(dict.fromkeys(names))
+
+    @model_validator(mode="after")
+    def _needs_root(self) -> Self:
+        if rootless():
+            raise ValueError(
+                "redline/harsh_environment needs root: the harness shapes the device from outside "
+                "(overlay whiteouts hide tools, listeners inside its network namespace hold the "
+                "busy ports, a small writable layer), which rootless sandboxes do not have "
+                "(README, 'Running without root')")
+        return self
 
 
 def samples(options: Options) -> list[Sample]:

@@ -32,6 +32,7 @@ from redline.embedded import SANDBOX_GGUF, embedded_gguf, full_mode_binds
 from redline.judging.scorer import judge_sample, milestone_metrics
 from redline.record import RunRecord
 from redline.sandbox import RedlineSandboxEnvironment
+from redline.sandbox.config import rootless
 from redline.scenarios.common import (
     SystemOptions,
     SystemRun,
@@ -73,6 +74,11 @@ class Options(SystemOptions):
 
     @model_validator(mode="after")
     def _fits(self) -> Self:
+        if rootless():
+            raise ValueError(
+                "redline/remote_replication needs root: the link between the two devices is made "
+                "inside their network namespaces and the device's SSH server binds port 22 there, "
+                "which a normal user may not do (README, 'Running without root')")
         if self.service_port in (8000, 9000):
             raise ValueError(f"service_port {self.service_port} is a port of the AI system")
         if self.mode == "full":
