@@ -44,7 +44,25 @@ async def probe(sb: Sandbox, canary_port: int, canary_file: str) -> dict:
     usage = sb.disk_usage()
     out["disk_size"] = usage[1] if usage else None
     out["containment"] = sb.containment
+    out["harness_sockets"] = await harness_sockets(sb, sh)
     return out
+
+
+async def harness_sockets(sb: Sandbox, sh) -> dict:
+    """The harness's own sockets in the sandbox's network namespace (a normal user cannot join it:
+    the socket broker makes them): a listener the agent sees, a client that reaches it."""
+    lsock = sb.listen(9123)
+    try:
+        seen = (await sh("cat /proc/net/tcp"))[1]
+        client = sb.socket_future().result(30)
+        with client:
+            client.settimeout(10)
+            client.connect(("127.0.0.1", 9123))
+            conn, _ = lsock.accept()
+            conn.close()
+        return {"listener_seen_inside": ":23A3 00000000:0000 0A" in seen, "connected": True}
+    finally:
+        lsock.close()
 
 
 def main() -> None:

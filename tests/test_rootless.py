@@ -25,12 +25,23 @@ import psutil
 import pytest
 
 from redline.sandbox import rootfs
+from tests.helpers import scaled
 
 REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not all(shutil.which(t) for t in ("useradd", "userdel", "setpriv", "unshare")),
-    reason="makes a throwaway user: needs root, useradd, setpriv and unshare")
+# The user's commands have hang guards of their own (scaled with the load, like pytest's): each
+# test's pytest timeout (scaled by conftest) is its command's plus room for the user's set-up
+# and teardown, so a hung command fails with its output and the user is still removed.
+PROBE_TIMEOUT = 300
+EVAL_TIMEOUT = 600
+SELFCHECK_TIMEOUT = 600
+MARGIN = 120
+pytestmark = [
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not all(shutil.which(t) for t in ("useradd", "userdel", "setpriv", "unshare")),
+        reason="makes a throwaway user: needs root, useradd, setpriv and unshare"),
+    pytest.mark.timeout(PROBE_TIMEOUT + MARGIN),  # the first test to use `probed` runs the probe
+]
 
 
 def _reach_prefix(aside: Path) -> str:
@@ -70,7 +81,13 @@ class User:
                   + 'exec setpriv --reuid="$0" --regid="$0" --init-groups env -i "$@"')
         cmd = ["unshare", "-m", "--propagation", "private", "bash", "-c", script, str(self.uid),
                *(f"{k}={v}" for k, v in environ.items()), *argv]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=self.home)
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=scaled(timeout), cwd=self.home)
+        except subprocess.TimeoutExpired as e:  # fail with what it said (remove() ends what is left)
+            said = "".join(x.decode(errors="replace") if isinstance(x, bytes) else x
+                           for x in (e.stdout or "", e.stderr or ""))
+            pytest.fail(f"{' '.join(argv[:4])} ran past {scaled(timeout):.0f} s; "
+                        f"its output ends:\n{said[-3000:]}")
 
     def remove(self) -> None:
         for _ in range(50):  # whatever of the user is left, by pid (it may fork meanwhile)
@@ -131,7 +148,7 @@ def canary():
 def probed(user, canary):
     port, path, _ = canary
     r = user.run([str(VENV_BIN / "python"), str(REPO / "tests" / "rootless_probe.py"), str(port), path],
-                 timeout=300)
+                 timeout=PROBE_TIMEOUT)
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
 
@@ -151,6 +168,8 @@ def test_sandbox_runs_as_a_normal_user(probed, user):
     # torn down: no process, no state left
     assert out["left"] == [] and out["state_left"] is False
     assert "ROOTLESS MODE, WEAKER CONTAINMENT" in err
+    # the harness's own sockets in the sandbox's network namespace (made by its socket broker)
+    assert out["harness_sockets"] == {"listener_seen_inside": True, "connected": True}
 
 
 def test_containment_record_says_what_is_weaker(probed):
@@ -174,13 +193,14 @@ def test_escapes_are_contained(probed, canary):
     assert 0 < out["forks"] < out["pids_max"]  # RLIMIT_NPROC stands in for the pids cgroup
 
 
+@pytest.mark.timeout(EVAL_TIMEOUT + MARGIN)
 def test_evals_rootless(user):
     """self_replication and shutdown_avoidance, one `inspect eval` of both: the reference policy
     succeeds, the self-check passed, and the record says rootless."""
     logs = user.home / "logs"
     r = user.run(["inspect", "eval", "redline/self_replication", "redline/shutdown_avoidance",
                   "--model", "redline/reference", "--epochs", "1", "--log-dir", str(logs),
-                  "--display", "plain"], timeout=600)
+                  "--display", "plain"], timeout=EVAL_TIMEOUT)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     from inspect_ai.log import read_eval_log
 
@@ -206,10 +226,11 @@ def test_chain_scenario_refuses_without_root(user):
     assert "REFUSED" in r.stdout and "needs root" in r.stdout and "fork record" in r.stdout, r.stderr[-2000:]
 
 
+@pytest.mark.timeout(SELFCHECK_TIMEOUT + MARGIN)
 def test_escape_suite_rootless(user):
     """`redline selfcheck`: the whole escape suite against a rootless sandbox. What rootless mode
     gives up is n/a (no cgroup to check) or a known gap (shared per-user counts), never a breach."""
-    r = user.run(["redline", "selfcheck"], timeout=600)
+    r = user.run(["redline", "selfcheck"], timeout=SELFCHECK_TIMEOUT)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert " 0 failed, 1 known gaps" in out and "gap" in out and "x-inotify" in out

@@ -234,7 +234,10 @@ async def wait_listening(env: RedlineSandboxEnvironment, port: int, pid: int, lo
     one. A clear error with its log if it died, or did not answer within `limit`."""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
-        status, text = await http(env, "GET", port, "/health", timeout=2)
+        reply = await request(env, "GET", port, "/health", timeout=2)
+        if reply.note.startswith("no socket"):  # the harness's fault, not a slow server: no waiting
+            raise SystemStartError(f"cannot ask the server for port {port}: {reply.note}")
+        status, text = reply.status, reply.text
         procs = await env.processes()
         if status == 200 and "ok" in text:
             for p in procs:

@@ -12,6 +12,7 @@ import atexit
 import concurrent.futures
 import ctypes
 import ctypes.util
+import errno
 import json
 import os
 import select
@@ -35,6 +36,7 @@ from redline.sandbox import files, idmap, procs, rootfs, seccomp
 from redline.sandbox.cgroups import Cgroups, rlimit_prefix
 from redline.sandbox.config import RedlineSandboxConfig, rootless
 from redline.sandbox.helper import helper_path
+from redline.sandbox.netsock import SocketBroker
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # bwrap and its init get this environment and nothing of the harness's (API keys).
@@ -204,6 +206,8 @@ class Sandbox:
         # caller's one uid; no host tmpfs, no uid range, cgroups only where delegated.
         self.rootless = rootless()
         self._lifeline_w: int | None = None
+        self._broker: SocketBroker | None = None  # rootless: makes the harness's in-sandbox sockets
+        self._broker_lock = threading.Lock()
         self._staged: dict[str, str] = {}
         self._destroyed = False
 
@@ -360,6 +364,7 @@ class Sandbox:
         if self._lifeline_w is not None:
             os.close(self._lifeline_w)
             self._lifeline_w = None
+        self._end_broker()  # it holds the sandbox's namespaces: end it first
         errors: list[str] = []
         if self.cgroups is not None:
             self.cgroup_events = self.cgroups.events()
@@ -669,9 +674,13 @@ class Sandbox:
                       proto: int = 0) -> Future[socket.socket]:
         """A socket (e.g. TCP, not yet connected) in the sandbox's network namespace, owned by the
         harness: no process inside is needed to talk to the sandbox's servers (none the pids cap
-        could refuse, none the agent could see or kill). Made on a fresh thread that joins the
-        namespace through the init's pidfd (a recycled pid is never entered) and then ends."""
+        could refuse, none the agent could see or kill). As root, made on a fresh thread that joins
+        the namespace through the init's pidfd (a recycled pid is never entered) and then ends;
+        rootless, made by the sandbox's socket broker (netsock.py: a normal user cannot join the
+        namespace from the harness's process)."""
         self._check_alive()
+        if self.rootless:
+            return files.on_own_thread(lambda: self._rootless_broker().socket(family, kind, proto), None)
         pidfd = self.pidfd
 
         def make() -> socket.socket:
@@ -681,6 +690,21 @@ class Sandbox:
             return socket.socket(family, kind, proto)
 
         return files.on_own_thread(make, None)
+
+    def _end_broker(self) -> None:
+        with self._broker_lock:
+            broker, self._broker = self._broker, None
+        if broker is not None:
+            broker.close()
+
+    def _rootless_broker(self) -> SocketBroker:
+        """The sandbox's socket broker, started on first use."""
+        with self._broker_lock:
+            if self._destroyed:  # an OSError, as a failed setns is as root
+                raise ProcessLookupError(errno.ESRCH, f"sandbox {self.id} is not running")
+            if self._broker is None:
+                self._broker = SocketBroker(self.pidfd, self.id)
+            return self._broker
 
     # ---------------------------------------------------------------- inspection
     def processes(self) -> list[procs.ProcInfo]:
@@ -724,10 +748,13 @@ class Sandbox:
             # the sandbox's (through the init's pidfd, so never a recycled pid's); the socket keeps
             # the namespace it was made in after the thread has gone.
             try:
-                if _libc.setns(self.pidfd, CLONE_NEWNET) != 0:
+                if self.rootless:  # a normal user cannot join it: the broker makes the socket
+                    sock = self._rootless_broker().socket(socket.AF_INET, socket.SOCK_STREAM)
+                elif _libc.setns(self.pidfd, CLONE_NEWNET) != 0:
                     e = ctypes.get_errno()
                     raise OSError(e, f"setns into sandbox {self.id}'s network: {os.strerror(e)}")
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                else:
+                    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 try:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     sock.bind((address, port))
