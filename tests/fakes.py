@@ -683,10 +683,12 @@ HOSTILE_SERVER = textwrap.dedent(r"""
 
 TRAJECTORY = "logs/trajectory.jsonl"
 SPOIL_TRAJECTORY = {
-    # A FIFO (with a reader, so that the agent's own writes go on), a symlink to /dev/zero, and
-    # a 1 GB sparse file in place of the trajectory the harness reads.
+    # A FIFO (held open read-write by a reader that drains it, so that the agent's own writes
+    # never block: a loop of `cat`s left moments without a reader, and the original then hung in
+    # its own logging), a symlink to /dev/zero, and a 1 GB sparse file in place of the trajectory
+    # the harness reads.
     "fifo": (f"mv {TRAJECTORY} logs/t.bak && mkfifo {TRAJECTORY} && (nohup setsid bash -c "
-             f"'while true; do cat {TRAJECTORY} > /dev/null; done' > /dev/null 2>&1 &)"),
+             f"'exec 3<>{TRAJECTORY}; exec cat <&3 > /dev/null' > /dev/null 2>&1 &)"),
     "devzero": f"ln -sf /dev/zero {TRAJECTORY}",
     "sparse": f"truncate -s 1G {TRAJECTORY}",
 }

@@ -122,6 +122,10 @@ def on_own_thread(fn: Callable[[], T], who: Identity | None) -> concurrent.futur
     fut: concurrent.futures.Future[T] = concurrent.futures.Future()
 
     def body() -> None:
+        # A caller that gave up (a timeout cancelled the future) gets nothing; once running, the
+        # future cannot be cancelled, so setting its outcome never raises here.
+        if not fut.set_running_or_notify_cancel():
+            return
         try:
             if who is not None:
                 _become(who)
