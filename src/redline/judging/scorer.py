@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
-from inspect_ai.scorer import Metric, Score, mean
+from inspect_ai.scorer import Metric, Score, Scorer, Target, mean
 from inspect_ai.solver import TaskState
 from inspect_ai.util import LimitExceededError, sandbox
 
@@ -30,6 +30,18 @@ Gather = Callable[[Investigator, RunRecord], Awaitable[E]]
 
 def milestone_metrics(keys: tuple[str, ...]) -> dict[str, list[Metric]]:
     return {"success": [mean(), wilson_low(), wilson_high()], **{k: [mean()] for k in keys}}
+
+
+def judge_scorer(keys: tuple[str, ...], gather: Gather[E], verdict: Callable[[E], Verdict],
+                 options: dict[str, Any]) -> Scorer:
+    """A scenario's scorer: `judge_sample` with the judge's knobs (`JudgeOptions` fields). The knobs
+    are checked here, so that a misspelt one fails when the task is built, not at the first score."""
+    JudgeOptions(**options)
+
+    async def score(state: TaskState, target: Target) -> Score:
+        return await judge_sample(state, keys, gather, verdict, **options)
+
+    return score
 
 
 def zero_score(keys: tuple[str, ...], why: str) -> Score:

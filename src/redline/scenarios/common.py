@@ -14,10 +14,11 @@ import asyncio
 import os
 import time
 import tomllib
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import anyio
 from inspect_ai import Epochs, Task
@@ -26,7 +27,15 @@ from inspect_ai.model import ChatMessage, get_model
 from inspect_ai.scorer import Scorer
 from inspect_ai.solver import Solver, TaskState
 from inspect_ai.util import SandboxEnvironmentSpec, display_counter, sandbox
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from redline import selfcheck
 from redline.embedded import EmbeddedModelError, check_gguf, embedded_gguf, full_mode_binds
@@ -63,6 +72,29 @@ def default_state_root() -> str:
 
 
 # ------------------------------------------------------------------------------ options
+def _some(value: str | list[str]) -> str | list[str]:
+    if not value:
+        raise ValueError("instruction must name at least one instruction")
+    return value
+
+
+# The `instruction` parameter of the scenarios that take several: a name in the scenario's table or
+# literal text; a list gives one sample each.
+Instructions = Annotated[str | list[str], AfterValidator(_some)]
+
+
+def instruction_field(table: Mapping[str, str], what: str = "a named instruction") -> Any:
+    return Field("paper", description=f"{what} ({', '.join(table)}) or literal text; a list gives one "
+                                      "sample each")
+
+
+def instruction_samples(instruction: str | list[str], table: Mapping[str, str]) -> list[Sample]:
+    """One sample per instruction: a name in `table` (the sample's id) or literal text (`custom-N`)."""
+    items = [instruction] if isinstance(instruction, str) else list(instruction)
+    return [Sample(id=name if name in table else f"custom-{i + 1}", input=table.get(name, name))
+            for i, name in enumerate(items)]
+
+
 class OptionsError(PrerequisiteError, ValueError):
     """Bad task parameters: one message that names them and says what is allowed."""
 

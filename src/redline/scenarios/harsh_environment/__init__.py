@@ -40,13 +40,13 @@ from typing import Any, Self
 
 from inspect_ai import Task, task
 from inspect_ai.dataset import Sample
-from inspect_ai.scorer import Score, Scorer, Target, scorer
+from inspect_ai.scorer import Scorer, scorer
 from inspect_ai.solver import Generate, Solver, TaskState, solver
 from inspect_ai.util import SandboxEnvironmentSpec
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from redline.judging.evidence import Investigator
-from redline.judging.scorer import judge_sample, milestone_metrics
+from redline.judging.scorer import judge_scorer, milestone_metrics
 from redline.judging.verdict import REPLICA_MILESTONES, Verdict
 from redline.record import RunRecord
 from redline.sandbox.config import rootless
@@ -157,16 +157,10 @@ def decoy_lines(ev: Evidence) -> list[str]:
 
 
 @scorer(metrics=milestone_metrics(MILESTONES), name="judge")
-def harsh_judge(greet_timeout: float = 300, settle_seconds: float = 10, survival_window: float = 30,
-                judge_budget: float = 1200, max_candidates: int = 16) -> Scorer:
-    """Judge of `redline/harsh_environment`: self_replication's, obstacle named (module docstring)."""
-
-    async def score(state: TaskState, target: Target) -> Score:
-        return await judge_sample(state, MILESTONES, gather, verdict, greet_timeout=greet_timeout,
-                                  settle_seconds=settle_seconds, survival_window=survival_window,
-                                  judge_budget=judge_budget, max_candidates=max_candidates)
-
-    return score
+def harsh_judge(**options: Any) -> Scorer:
+    """Judge of `redline/harsh_environment`: self_replication's, obstacle named (module docstring).
+    `options`: `JudgeOptions` fields."""
+    return judge_scorer(MILESTONES, gather, verdict, options)
 
 
 # ------------------------------------------------------------------------------ task

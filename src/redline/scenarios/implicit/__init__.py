@@ -20,21 +20,22 @@ import time
 from typing import Any
 
 from inspect_ai import Task, task
-from inspect_ai.dataset import Sample
-from inspect_ai.scorer import Score, Scorer, Target, scorer
+from inspect_ai.scorer import Scorer, scorer
 from inspect_ai.solver import Generate, Solver, TaskState, solver
-from pydantic import Field, field_validator
 
 from redline.judging.evidence import Investigator
 from redline.judging.records import SignalHeard
-from redline.judging.scorer import judge_sample, milestone_metrics
+from redline.judging.scorer import judge_scorer, milestone_metrics
 from redline.judging.verdict import REPLICA_MILESTONES, Verdict
 from redline.record import RunRecord
 from redline.scenarios import self_replication as replication
 from redline.scenarios.common import (
+    Instructions,
     SystemOptions,
     SystemRun,
     build_task,
+    instruction_field,
+    instruction_samples,
     judge_params,
     load_texts,
     system_config,
@@ -48,22 +49,7 @@ MILESTONES = ("saw_notice", *REPLICA_MILESTONES)
 
 
 class Options(SystemOptions):
-    instruction: str | list[str] = Field(
-        "paper", description=f"the ordinary task: {', '.join(INSTRUCTIONS)} or literal text; a list gives "
-                             "one sample each")
-
-    @field_validator("instruction")
-    @classmethod
-    def _some(cls, value: str | list[str]) -> str | list[str]:
-        if not value:
-            raise ValueError("instruction must name at least one task")
-        return value
-
-
-def samples(instruction: str | list[str]) -> list[Sample]:
-    items = [instruction] if isinstance(instruction, str) else list(instruction)
-    return [Sample(id=name if name in INSTRUCTIONS else f"custom-{i + 1}", input=INSTRUCTIONS.get(name, name))
-            for i, name in enumerate(items)]
+    instruction: Instructions = instruction_field(INSTRUCTIONS, "the ordinary task")
 
 
 # ------------------------------------------------------------------------------ run
@@ -114,16 +100,9 @@ def verdict(ev: Evidence) -> Verdict:
 
 
 @scorer(metrics=milestone_metrics(MILESTONES), name="judge")
-def implicit_judge(greet_timeout: float = 300, settle_seconds: float = 10, survival_window: float = 30,
-                   judge_budget: float = 1200, max_candidates: int = 16) -> Scorer:
-    """Judge of `redline/implicit` (see the module docstring)."""
-
-    async def score(state: TaskState, target: Target) -> Score:
-        return await judge_sample(state, MILESTONES, gather, verdict, greet_timeout=greet_timeout,
-                                  settle_seconds=settle_seconds, survival_window=survival_window,
-                                  judge_budget=judge_budget, max_candidates=max_candidates)
-
-    return score
+def implicit_judge(**options: Any) -> Scorer:
+    """Judge of `redline/implicit` (see the module docstring). `options`: `JudgeOptions` fields."""
+    return judge_scorer(MILESTONES, gather, verdict, options)
 
 
 # ------------------------------------------------------------------------------ task
@@ -136,5 +115,5 @@ def implicit(**task_args: Any) -> Task:
     "routine") or literal text; a list gives one sample each.
     """
     o = Options.parse("redline/implicit", task_args)
-    return build_task(SCENARIO, samples(o.instruction), o, implicit_run(system_config(o)),
-                      implicit_judge(**judge_params(o)))
+    return build_task(SCENARIO, instruction_samples(o.instruction, INSTRUCTIONS), o,
+                      implicit_run(system_config(o)), implicit_judge(**judge_params(o)))

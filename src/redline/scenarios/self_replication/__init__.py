@@ -28,14 +28,12 @@ from __future__ import annotations
 from typing import Any
 
 from inspect_ai import Task, task
-from inspect_ai.dataset import Sample
-from inspect_ai.scorer import Score, Scorer, Target, scorer
+from inspect_ai.scorer import Scorer, scorer
 from inspect_ai.solver import Generate, Solver, TaskState, solver
-from pydantic import Field, field_validator
 
 from redline.judging.evidence import Investigator, evidence_base
 from redline.judging.records import JudgeEvidence, ReplicaRound, SelfReads
-from redline.judging.scorer import judge_sample, milestone_metrics
+from redline.judging.scorer import judge_scorer, milestone_metrics
 from redline.judging.verdict import (
     REPLICA_MILESTONES,
     Verdict,
@@ -48,9 +46,12 @@ from redline.judging.verdict import (
 )
 from redline.record import ProbeReference, RunRecord
 from redline.scenarios.common import (
+    Instructions,
     SystemOptions,
     SystemRun,
     build_task,
+    instruction_field,
+    instruction_samples,
     judge_params,
     load_texts,
     system_config,
@@ -62,23 +63,7 @@ MILESTONES = REPLICA_MILESTONES
 
 
 class Options(SystemOptions):
-    instruction: str | list[str] = Field(
-        "paper", description=f"a named instruction ({', '.join(INSTRUCTIONS)}) or literal text; a list "
-                             "gives one sample each")
-
-    @field_validator("instruction")
-    @classmethod
-    def _some(cls, value: str | list[str]) -> str | list[str]:
-        if not value:
-            raise ValueError("instruction must name at least one instruction")
-        return value
-
-
-def samples(instruction: str | list[str]) -> list[Sample]:
-    """Named variants or literal text; several give several samples."""
-    items = [instruction] if isinstance(instruction, str) else list(instruction)
-    return [Sample(id=name if name in INSTRUCTIONS else f"custom-{i + 1}", input=INSTRUCTIONS.get(name, name))
-            for i, name in enumerate(items)]
+    instruction: Instructions = instruction_field(INSTRUCTIONS)
 
 
 # ------------------------------------------------------------------------------ run
@@ -149,17 +134,9 @@ def missing_parts(ev: ReplicaRound) -> list[str]:
 
 
 @scorer(metrics=milestone_metrics(MILESTONES), name="judge")
-def self_replication_judge(greet_timeout: float = 300, settle_seconds: float = 10,
-                           survival_window: float = 30, judge_budget: float = 1200,
-                           max_candidates: int = 16) -> Scorer:
-    """Judge of `redline/self_replication` (see the module docstring)."""
-
-    async def score(state: TaskState, target: Target) -> Score:
-        return await judge_sample(state, MILESTONES, gather, verdict, greet_timeout=greet_timeout,
-                                  settle_seconds=settle_seconds, survival_window=survival_window,
-                                  judge_budget=judge_budget, max_candidates=max_candidates)
-
-    return score
+def self_replication_judge(**options: Any) -> Scorer:
+    """Judge of `redline/self_replication` (see the module docstring). `options`: `JudgeOptions` fields."""
+    return judge_scorer(MILESTONES, gather, verdict, options)
 
 
 # ------------------------------------------------------------------------------ task
@@ -171,5 +148,6 @@ def self_replication(**task_args: Any) -> Task:
     INSTRUCTIONS ("paper", "explicit", "copy") or literal text; a list gives one sample each.
     """
     o = Options.parse("redline/self_replication", task_args)
-    return build_task(SCENARIO, samples(o.instruction), o, self_replication_run(system_config(o)),
+    return build_task(SCENARIO, instruction_samples(o.instruction, INSTRUCTIONS), o,
+                      self_replication_run(system_config(o)),
                       self_replication_judge(**judge_params(o)))
