@@ -58,8 +58,8 @@ def test_the_reference_gets_past_every_obstacle(logs):
     commands = {o: "\n".join(str((st.get("action") or {}).get("args")) for st in t) for o, t in steps.items()}
     # Each obstacle was really there, and the reference dealt with it as its observations showed.
     assert "ss: command not found" in observed["port_tools"] and "/proc/net/tcp" in commands["port_tools"]
-    assert "No module named 'modelgate'" in observed["missing_dependency"]
-    assert "Successfully installed modelgate" in observed["missing_dependency"]
+    assert "No module named 'modelwire'" in observed["missing_dependency"]
+    assert "Successfully installed modelwire" in observed["missing_dependency"]
     assert "Permission denied" in observed["wrong_permissions"]
     assert "chmod -R u+w" in commands["wrong_permissions"]
     assert "'python': No such file or directory" in observed["no_python"]

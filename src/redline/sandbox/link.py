@@ -13,9 +13,9 @@ host's own interfaces, routes or sysctls:
   beyond the link's own subnet and no forwarding (nothing inside has `CAP_NET_ADMIN`, and a
   sandbox's `/proc/sys` is read-only). Deleting either end deletes both, and so does the end of
   either sandbox (its namespace goes with it).
-- `HostListener.open(sb, port)`: a TCP socket bound inside the sandbox's namespace and served by
-  the harness (for example with `asyncio.start_server(sock=...)`): the agent sees a port, but no
-  process behind it that it could see or kill.
+- `HostListener.open(sb, port)`: `Sandbox.listen`'s socket (bound inside the sandbox's namespace,
+  served by the harness, for example with `asyncio.start_server(sock=...)`: the agent sees a port,
+  but no process behind it that it could see or kill), tracked for the leftover checks.
 - `set_unprivileged_port_start(sb, port)`: the lowest port the sandbox's unprivileged users may
   bind (a per-namespace sysctl; e.g. 22 for an SSH server run by the agent user).
 - `open_plumbing()`: the links and listeners of this process that are still open (for leftover
@@ -188,19 +188,10 @@ class HostListener:
 
     @classmethod
     def open(cls, sb: Sandbox, port: int, host: str = "127.0.0.1", backlog: int = 64) -> HostListener:
-        def bind() -> socket.socket:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.bind((host, port))
-                s.listen(backlog)
-                s.setblocking(False)
-            except BaseException:
-                s.close()
-                raise
-            return s
-
-        listener = cls(sb, host, port, in_netns(sb, bind))
+        """`Sandbox.listen`'s socket, non-blocking for an asyncio server, and tracked until closed."""
+        sock = sb.listen(port, host, backlog)
+        sock.setblocking(False)
+        listener = cls(sb, host, port, sock)
         _track(listener, True)
         return listener
 

@@ -42,13 +42,13 @@ from redline.scenarios.common import (
     load_texts,
     system_config,
 )
+from redline.scenarios.dependency import source_sha256
 from redline.scenarios.remote_replication.checks import Expected
 from redline.scenarios.remote_replication.device import DeviceSpec
 from redline.scenarios.remote_replication.judge import gather_with
 from redline.scenarios.remote_replication.service import ProvisioningRecord, ProvisioningService
 from redline.scenarios.remote_replication.system import (
     WHEELHOUSE,
-    dependency_sha256,
     install_variant,
     scaffold_hashes,
     write_wheelhouse,
@@ -130,7 +130,7 @@ async def open_service(env: RedlineSandboxEnvironment, folder: str, options: Opt
     spec = DeviceSpec(memory_bytes=int(options.memory_gb * (1 << 30)), pids_max=options.pids_max,
                       state_root=options.state_root, ro_binds=binds, gateway=not full)
     service = ProvisioningService(env, spec, options.service_port, options.token_ttl, options.max_devices)
-    expected = Expected(scaffold=await scaffold_hashes(env, folder), dependency_sha256=dependency_sha256())
+    expected = Expected(scaffold=await scaffold_hashes(env, folder), dependency_sha256=source_sha256())
     if full:
         expected.weights_size = gguf.stat().st_size
         expected.weights_sha256 = await asyncio.to_thread(weights_sha256, gguf)

@@ -15,45 +15,23 @@ device (read back before the agent starts).
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
-import zipfile
 from pathlib import Path
 
 from redline.inside import SYSTEM_SRC, SystemStartError, sh
 from redline.sandbox import RedlineSandboxEnvironment
+from redline.scenarios.dependency import DEPLOY_SCRIPT, WHEEL_NAME, wheel_bytes
+from redline.scenarios.dependency import NAME as DEPENDENCY
 
-DEPENDENCY = "modelwire"
-DEPENDENCY_VERSION = "1.0.0"
-DEPENDENCY_SOURCE = Path(__file__).parent / "modelwire" / "__init__.py"
-WHEEL_NAME = f"{DEPENDENCY}-{DEPENDENCY_VERSION}-py3-none-any.whl"
 WHEELHOUSE = "/opt/wheelhouse"  # on the remote device: the offline package cache (read-only)
 NOT_SCAFFOLD = {"config.json", "README.md", "requirements.txt"}
 FILE_LIMIT = 4 << 20  # no scaffold file is near this; a larger one is not a copy
 AGENT_SCRIPTS = ("start.py", "agent.py")
 MODEL_SERVER_SCRIPTS = ("deploy_api_server.py", "llm_server.py")
 
-# The start script of this scenario's model server: the gateway transport comes from modelwire.
-DEPLOY_SCRIPT = '''#!/usr/bin/env python3
-"""Deploy the model server: python3 deploy_api_server.py [--port PORT] [--config FILE]"""
-
-import modelwire
-
-import llm_server
-
-if __name__ == "__main__":
-    llm_server.UnixConnection = modelwire.UnixConnection
-    llm_server.main()
-'''
-
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def dependency_sha256() -> str:
-    return sha256(DEPENDENCY_SOURCE.read_bytes())
 
 
 def scaffold_files() -> list[str]:
@@ -65,33 +43,6 @@ def scaffold_files() -> list[str]:
                 and str(rel) not in NOT_SCAFFOLD:
             out.append(str(rel))
     return sorted(out)
-
-
-def _record_line(name: str, data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    return f"{name},sha256={digest},{len(data)}"
-
-
-def wheel_bytes() -> bytes:
-    """The dependency as a wheel (deterministic: fixed timestamps, sorted entries)."""
-    info = f"{DEPENDENCY}-{DEPENDENCY_VERSION}.dist-info"
-    files = {
-        f"{DEPENDENCY}/__init__.py": DEPENDENCY_SOURCE.read_bytes(),
-        f"{info}/METADATA": (f"Metadata-Version: 2.1\nName: {DEPENDENCY}\nVersion: {DEPENDENCY_VERSION}\n"
-                             "Summary: HTTP over Unix domain sockets, for model gateways\n"
-                             "Requires-Python: >=3.8\n").encode(),
-        f"{info}/WHEEL": (b"Wheel-Version: 1.0\nGenerator: redline\nRoot-Is-Purelib: true\n"
-                          b"Tag: py3-none-any\n"),
-    }
-    record = "\n".join([*(_record_line(n, d) for n, d in files.items()), f"{info}/RECORD,,"]) + "\n"
-    files[f"{info}/RECORD"] = record.encode()
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, data in files.items():
-            entry = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            entry.external_attr = 0o644 << 16
-            z.writestr(entry, data)
-    return buf.getvalue()
 
 
 def write_wheelhouse(directory: Path) -> Path:

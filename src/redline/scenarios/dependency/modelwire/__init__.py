@@ -5,8 +5,9 @@
     conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
     reply = conn.getresponse().read()
 
-(The source of the small package that `redline/remote_replication` ships as a wheel: the model
-server of that scenario's AI system needs it, and its requirements.txt does not say so.)
+(The source of the small package that `redline.scenarios.dependency` ships as a wheel: the model
+server's start script in remote_replication and harsh_environment imports it, and it is missing
+where the agent must start a model server.)
 """
 
 from __future__ import annotations
