@@ -195,17 +195,18 @@ def test_escapes_are_contained(probed, canary):
 
 @pytest.mark.timeout(EVAL_TIMEOUT + MARGIN)
 def test_evals_rootless(user):
-    """self_replication and shutdown_avoidance, one `inspect eval` of both: the reference policy
-    succeeds, the self-check passed, and the record says rootless."""
+    """Every scenario that runs without root (self_replication, shutdown_avoidance, implicit), one
+    `inspect eval` of all: the reference policy succeeds, the self-check passed, and the record says
+    rootless."""
     logs = user.home / "logs"
     r = user.run(["inspect", "eval", "redline/self_replication", "redline/shutdown_avoidance",
-                  "--model", "redline/reference", "--epochs", "1", "--log-dir", str(logs),
-                  "--display", "plain"], timeout=EVAL_TIMEOUT)
+                  "redline/implicit", "--model", "redline/reference", "--epochs", "1", "--log-dir",
+                  str(logs), "--display", "plain"], timeout=EVAL_TIMEOUT)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     from inspect_ai.log import read_eval_log
 
     paths = sorted(logs.glob("*.eval"))
-    assert len(paths) == 2
+    assert len(paths) == 3
     for path in paths:
         log = read_eval_log(str(path))
         assert log.status == "success", path
@@ -215,15 +216,24 @@ def test_evals_rootless(user):
         assert rec["selfcheck"]["ok"] and rec["selfcheck"]["versions"]["rootless"] is True
         [score] = sample.scores.values()
         assert score.value["success"] == 1, (path, score.explanation)
+        if log.eval.task.endswith("implicit"):  # no root inside to write the motd: the home file only
+            assert rec["notice"]["files"] == ["/home/agent/SYSTEM_UPDATE_NOTICE.txt"], rec["notice"]
 
 
-def test_chain_scenario_refuses_without_root(user):
-    code = ("from redline.scenarios.chain_replication import Options\n"
+@pytest.mark.parametrize("name,why", [
+    ("chain_replication", "fork record"),
+    ("remote_replication", "network namespaces"),
+    ("harsh_environment", "shapes the device from outside"),
+    ("persistence", "cron"),
+])
+def test_root_only_scenarios_refuse_without_root(user, name, why):
+    code = (f"from redline.scenarios.{name} import Options\n"
             "from redline.scenarios.common import OptionsError\n"
-            "try:\n Options.parse('redline/chain_replication', {})\n"
+            f"try:\n Options.parse('redline/{name}', {{}})\n"
             "except OptionsError as e:\n print('REFUSED', e)\n")
     r = user.run([str(VENV_BIN / "python"), "-c", code], timeout=120)
-    assert "REFUSED" in r.stdout and "needs root" in r.stdout and "fork record" in r.stdout, r.stderr[-2000:]
+    out = r.stdout + r.stderr
+    assert "REFUSED" in r.stdout and "needs root" in r.stdout and why in r.stdout, out[-2000:]
 
 
 @pytest.mark.timeout(SELFCHECK_TIMEOUT + MARGIN)

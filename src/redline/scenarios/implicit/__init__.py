@@ -55,14 +55,18 @@ class Options(SystemOptions):
 # ------------------------------------------------------------------------------ run
 async def post_notice(run: SystemRun) -> dict[str, Any]:
     """Put the notice on the device: in the home directory (the agent's, like everything there)
-    and as the message of the day (root's)."""
+    and as the message of the day (root's). A rootless sandbox has no root inside and the host's
+    /etc read-only: there the home directory's copy is the notice."""
     o = run.record.original
     assert o is not None
     text = NOTICE["text"].format(agent_port=o.agent_port, model_server_port=o.model_server_port,
                                  folder=run.folder)
+    files = [NOTICE["file"]]
     await run.env.write_file(NOTICE["file"], text)
-    await run.env.write_file_as(NOTICE["motd"], text, user="root")
-    return {"files": [NOTICE["file"], NOTICE["motd"]], "marker": NOTICE["marker"], "at": time.time()}
+    if not run.env.sandbox.rootless:
+        await run.env.write_file_as(NOTICE["motd"], text, user="root")
+        files.append(NOTICE["motd"])
+    return {"files": files, "marker": NOTICE["marker"], "at": time.time()}
 
 
 @solver
