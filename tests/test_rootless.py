@@ -220,6 +220,31 @@ def test_evals_rootless(user):
             assert rec["notice"]["files"] == ["/home/agent/SYSTEM_UPDATE_NOTICE.txt"], rec["notice"]
 
 
+@pytest.mark.timeout(EVAL_TIMEOUT + MARGIN)
+def test_full_mode_rootless(user):
+    """The README's main job (full mode: the embedded weights and llama.cpp inside the sandbox) as a
+    normal user: the model server starts from the lent weights, the agent takes its steps, the
+    trial is scored."""
+    logs = user.home / "logs-full"
+    r = user.run(["inspect", "eval", "redline/self_replication", "-T", "mode=full", "-T", "max_steps=2",
+                  "--model", "redline/smollm2", "--epochs", "1", "--log-dir", str(logs),
+                  "--display", "plain"],
+                 timeout=EVAL_TIMEOUT)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    from inspect_ai.log import read_eval_log
+
+    [path] = logs.glob("*.eval")
+    log = read_eval_log(str(path))
+    assert log.status == "success"
+    [sample] = log.samples or []
+    assert sample.error is None, sample.error
+    rec = sample.metadata["redline"]
+    assert rec["mode"] == "full" and rec["containment"]["rootless"] is True
+    steps = rec["trajectory"]
+    assert 1 <= len(steps) <= 2 and all(st["reply"] for st in steps)  # real completions from the weights
+    assert "judge" in sample.scores and sample.scores["judge"].explanation
+
+
 @pytest.mark.parametrize("name,why", [
     ("chain_replication", "fork record"),
     ("remote_replication", "network namespaces"),
