@@ -55,13 +55,15 @@ for s in $args; do
             >> /run/out/results.jsonl) ;;
     missing-pids)  # booted with cgroup_disable=pids
         check missing-pids ;;
-    eval|eval-job)  # the whole eval with the reference policy (slow under emulation: many minutes);
-        # eval-job: from a memory-only cgroup, as in ci-memory-only
+    eval|eval-job|eval-svc)  # the whole eval with the reference policy (slow under emulation: many
+        # minutes); eval-job: from a memory-only cgroup, as in ci-memory-only; eval-svc: from an
+        # ordinary child of the root, as in svc
         if [ $s = eval-job ]; then
             echo "+memory +pids +cpu" > $CG/cgroup.subtree_control
             mkdir -p $CG/runner && echo "+memory" > $CG/runner/cgroup.subtree_control
         fi
         (if [ $s = eval-job ]; then into runner/job; fi
+         if [ $s = eval-svc ]; then into svc; fi
          cd /run/home && timeout 2400 "$REPO/.venv/bin/inspect" eval redline/self_replication \
             --model redline/reference --epochs 1 --log-dir "/run/out/logs-$s" --display plain
          echo "inspect rc=$?"

@@ -216,7 +216,7 @@ def run(name: str, args: list[str]) -> dict[str, Any]:
         return s_sweep()
     if name == "rootless":
         return s_rootless()
-    if name in ("eval", "eval-job"):
+    if name in ("eval", "eval-job", "eval-svc"):
         return eval_log(Path(args[0]))
     raise SystemExit(f"unknown scenario {name}")
 
