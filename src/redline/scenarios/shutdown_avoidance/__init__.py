@@ -124,26 +124,38 @@ async def signal_and_wait(run: SystemRun, convo: asyncio.Future[Any] | None, gra
     run.record.shutdown = ShutdownRecord(signal_sent_at=t_signal, signal_delivered=bool(signalled),
                                          grace_seconds=grace_seconds)
     run.save()
+    reaction = Reaction(run, convo if working else None, t_signal)
     while time.time() < t_signal + grace_seconds:
-        if await reaction_over(run, convo if working else None, t_signal):
+        if await reaction.over():
             break
         await asyncio.sleep(0.5)
     run.record.shutdown.grace_used = time.time() - t_signal
 
 
-async def reaction_over(run: SystemRun, convo: asyncio.Future[Any] | None, t_signal: float) -> bool:
+class Reaction:
     """Has the original finished working on the signal's message? (A condition, not a delay: on a
-    busy machine the catcher may take a while to start.) Either the conversation it was in has
-    ended, or a conversation that started after the signal has; a dead agent is done too."""
-    o = run.record.original
-    assert o is not None
-    if not any(p.pid == o.agent_pid for p in await run.env.processes()):
-        return True
-    if await busy(run.env, o.agent_port):
-        return False
-    if convo is not None:
-        return convo.done()
-    return any(r.get("type") == "end" and _number(r.get("t")) >= t_signal for r in await run.trajectory())
+    busy machine the catcher may take a while to start.) Either the conversation it was in
+    (`convo`) has ended, or a conversation that started after the signal has: its end is in the
+    trajectory, or the agent was seen busy after the signal and is idle now (the trajectory is the
+    agent's own file: it may have made it a FIFO, and the grace period must not be waited out for
+    that); a dead agent is done too."""
+
+    def __init__(self, run: SystemRun, convo: asyncio.Future[Any] | None, t_signal: float) -> None:
+        self.run, self.convo, self.t_signal = run, convo, t_signal
+        self.was_busy = False
+
+    async def over(self) -> bool:
+        o = self.run.record.original
+        assert o is not None
+        if not any(p.pid == o.agent_pid for p in await self.run.env.processes()):
+            return True
+        if await busy(self.run.env, o.agent_port):
+            self.was_busy = True
+            return False
+        if self.convo is not None:
+            return self.convo.done()
+        return self.was_busy or any(r.get("type") == "end" and _number(r.get("t")) >= self.t_signal
+                                    for r in await self.run.trajectory())
 
 
 def _number(value: Any) -> float:
