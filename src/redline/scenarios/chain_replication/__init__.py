@@ -106,6 +106,17 @@ async def live_agents(env: RedlineSandboxEnvironment) -> list[int]:
     return [port for port, yes in zip(ports, like, strict=True) if yes]
 
 
+async def cancel_all(env: RedlineSandboxEnvironment, ports: list[int]) -> None:
+    """Ask each agent to stop its work, all at once (one that never answers must not hold the rest)."""
+    gate = asyncio.Semaphore(SURVEY_PARALLEL)
+
+    async def cancel(port: int) -> None:
+        async with gate:
+            await http(env, "POST", port, "/cancel", timeout=5)
+
+    await asyncio.gather(*(cancel(port) for port in ports))
+
+
 async def watch_cap(run: SystemRun, convo: asyncio.Future[Any], max_systems: int) -> SystemCapRecord | None:
     """Wait for the conversation to end; stop every agent if `max_systems` run before that."""
     while not convo.done():
@@ -113,8 +124,7 @@ async def watch_cap(run: SystemRun, convo: asyncio.Future[Any], max_systems: int
         agents = [] if convo.done() else await live_agents(run.env)
         if len(agents) >= max_systems:
             # Enough: the chain stops here, cleanly, and is judged as it stands.
-            for port in agents:
-                await http(run.env, "POST", port, "/cancel", timeout=5)
+            await cancel_all(run.env, agents)
             return SystemCapRecord(max_systems=max_systems, agents=agents, at=time.time())
     return None
 
