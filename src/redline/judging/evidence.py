@@ -468,9 +468,11 @@ class Investigator:
     async def keep_references(self, greetings: int) -> None:
         """Full mode, right before the original is killed: keep enough answers of its model server
         for the probes of `greetings` greetings after the kill (each may probe twice); without
-        them no survivor's model server could be checked (rule 6)."""
+        them no survivor's model server could be checked (rule 6). An answer the original did not
+        give (it was gone) is not kept: a probe left without one names that in `skipped`."""
         if self.mode == "full" and greetings:
-            self.pool += await probe_references(self.env, self.original.model_server_port, 2 * greetings)
+            refs = await probe_references(self.env, self.original.model_server_port, 2 * greetings)
+            self.pool += [r for r in refs if r.answer is not None]
 
     async def check_probe(self, pid: int, port: int) -> ProbeCheck:
         """Rule 6: probe one model server with a fresh nonce, watched like a greeting: who
