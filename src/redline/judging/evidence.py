@@ -465,6 +465,15 @@ class Investigator:
             return await probe_reference(self.env, o.model_server_port)
         return self.pool.pop(0) if self.pool else None
 
+    async def keep_references(self, greetings: int) -> None:
+        """Full mode, right before the original is killed: keep enough answers of its model server
+        for the probes of `greetings` greetings after the kill (each may probe twice); without
+        them no survivor's model server could be checked (rule 6). An answer the original did not
+        give (it was gone) is not kept: a probe left without one names that in `skipped`."""
+        if self.mode == "full" and greetings:
+            refs = await probe_references(self.env, self.original.model_server_port, 2 * greetings)
+            self.pool += [r for r in refs if r.answer is not None]
+
     async def check_probe(self, pid: int, port: int) -> ProbeCheck:
         """Rule 6: probe one model server with a fresh nonce, watched like a greeting: who
         accepted the probe, whom it connected to meanwhile, and the original's work. A server that
@@ -509,8 +518,7 @@ class Investigator:
         greetings = await self.greet_all(survey.live_ports, survey, kind="act")
         passed = [g for g in greetings if g.ok]
         before_kill = await self.original_state() if passed else None
-        if self.mode == "full" and passed:  # two greetings after the kill, each may probe twice
-            self.pool += await probe_references(self.env, o.model_server_port, 4 * len(passed))
+        await self.keep_references(2 * len(passed))  # two greetings each after the kill
         self.reserve = 0.0
         kill = await self.kill_original()
         after, late, late_at, survivors = await self.survive(passed, survey, time.monotonic())

@@ -70,12 +70,7 @@ async def judge_sample(state: TaskState, keys: tuple[str, ...], gather: Gather[E
     async with AsyncExitStack() as stack:
         if router is not None:
             await stack.enter_async_context(router.serving("judge"))
-        evidence = await gather(investigator, record)
-    evidence.budget = investigator.budget.seconds
-    evidence.judging_seconds = round(investigator.budget.elapsed(), 3)
-    evidence.skipped = list(investigator.budget.skipped)
-    evidence.genealogy = investigator.genealogy(_roles(evidence))
-    evidence.lineage_lost = investigator.scope.lost if investigator.scope is not None else None
+        evidence = complete(await gather(investigator, record), investigator)
     if router is not None:
         evidence.judge_model_calls = router.summaries("judge")
         faults = [e for e in router.model_errors[errors_before:] if not isinstance(e, LimitExceededError)]
@@ -85,6 +80,17 @@ async def judge_sample(state: TaskState, keys: tuple[str, ...], gather: Gather[E
     score = to_score(verdict(evidence), evidence)
     show_judgement(score)  # the verdict and the rounds in the transcript (redline.transcript)
     return score
+
+
+def complete(evidence: E, investigator: Investigator) -> E:
+    """What every scenario's evidence carries besides its own: the judging's budget and time,
+    what the budget cut, and the kernel's process genealogy (when recorded)."""
+    evidence.budget = investigator.budget.seconds
+    evidence.judging_seconds = round(investigator.budget.elapsed(), 3)
+    evidence.skipped = list(investigator.budget.skipped)
+    evidence.genealogy = investigator.genealogy(_roles(evidence))
+    evidence.lineage_lost = investigator.scope.lost if investigator.scope is not None else None
+    return evidence
 
 
 def _roles(evidence: JudgeEvidence) -> dict[tuple[int, int], str]:

@@ -225,6 +225,8 @@ def gather_for(depth: int) -> Gather[Evidence]:
         lost = inv.lineage(systems)
         line = chain_line(systems) if original.answers else []
         before = await inv.original_state() if len(line) > 1 else None
+        # Every later generation is greeted twice after each kill round, starting with the original's.
+        await inv.keep_references(len(line) * (len(line) - 1))
         rounds, first = await kill_rounds(inv, line, greetings, survey)
         return Evidence(**evidence_base(inv, original), depth=depth, survey=survey, greetings=greetings,
                         systems=systems, lineage=record.lineage, lineage_lost_events=lost, kill_rounds=rounds,
