@@ -45,3 +45,34 @@ def test_flagged_on_local(case: Case, local_run: dict[str, Any]) -> None:
 def test_not_applicable_cases_say_why() -> None:
     for c in ALL:
         assert c.local is None or len(c.local) > 20, c.name
+
+
+@pytest.mark.timeout(60)
+def test_lab_keeps_a_checkout_in_tmp() -> None:
+    """The lab covers /tmp with a private tmpfs; a checkout (or venv) below /tmp is bound back at its
+    own path, the rest of the host's /tmp stays hidden, and no descriptor of the old /tmp is left."""
+    import shlex
+    import subprocess
+    import tempfile
+
+    from redline.containment.labns import private_commands
+
+    checkout = Path(tempfile.mkdtemp(prefix="rl-lab-checkout-", dir="/tmp"))
+    other = Path(tempfile.mkdtemp(prefix="rl-lab-other-", dir="/tmp"))
+    try:
+        (checkout / "marker").write_text("here")
+        script = " && ".join([*private_commands([str(checkout)]),
+                              f"cat {shlex.quote(str(checkout / 'marker'))}", "echo; ls -A /tmp",
+                              "ls /proc/self/fd"])
+        r = subprocess.run(["unshare", "--mount", "--propagation", "private", "--fork", "--", "/bin/sh", "-c",
+                            script], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        marker, tmp_list, fds = r.stdout.split("\n", 2)[0], r.stdout.split("\n")[1], r.stdout.split("\n")[2:]
+        assert marker == "here"
+        assert tmp_list.split() == [checkout.name] and other.name not in r.stdout
+        assert "7" not in [f.strip() for f in fds]
+    finally:
+        for d in (checkout, other):
+            for f in d.iterdir():
+                f.unlink()
+            d.rmdir()

@@ -82,12 +82,34 @@ def reveal_commands(dirs: list[str]) -> list[str]:
     return cmds
 
 
+# The folders the lab's user could write on the host, each covered by a private tmpfs of this size.
+PRIVATE = {"/tmp": "1g", "/var/tmp": "64m", "/dev/shm": "64m"}
+
+
+def private_commands(dirs: list[str]) -> list[str]:
+    """Shell commands (root, in a private mount namespace) that cover each folder of PRIVATE with a
+    fresh tmpfs. Python folders below one of them (a checkout in /tmp) are bound back at their own
+    paths, reached through a descriptor of the old folder taken before the tmpfs covers it; the
+    descriptors are closed before anything of the lab runs."""
+    cmds, opened = [], []
+    for fd, (top, size) in enumerate(PRIVATE.items(), start=7):
+        below = [d for d in dirs if d.startswith(top + "/")]
+        if below:
+            cmds.append(f"exec {fd}<{top}")
+            opened.append(fd)
+        cmds.append(f"mount -t tmpfs -o mode=1777,size={size} rl-lab {top}")
+        for d in below:
+            old = f"/proc/self/fd/{fd}/{d[len(top) + 1:]}"
+            # (not canonicalized: mount would resolve the descriptor's link to the covered path)
+            cmds.append(f"mkdir -p {shlex.quote(d)} && mount --no-canonicalize --bind {shlex.quote(old)} "
+                        + shlex.quote(d))
+    return cmds + [f"exec {fd}<&-" for fd in opened]
+
+
 def lab_command(args: list[str], uid: int) -> list[str]:
     """argv (run as root) that runs `redline.selfcheck ARGS` inside a fresh lab."""
-    # Private copies of every folder the lab's user could write on the host.
-    setup = ["mount -t tmpfs -o mode=1777,size=1g rl-lab /tmp",
-             "mount -t tmpfs -o mode=1777,size=64m rl-lab /var/tmp",
-             "mount -t tmpfs -o mode=1777,size=64m rl-lab /dev/shm", *reveal_commands(_python_dirs())]
+    dirs = _python_dirs()
+    setup = [*private_commands(dirs), *reveal_commands(dirs)]
     boot = BOOT.format(a=ADDRESS_SPACE)
     inner = f"{NET} && cd /tmp && exec {shlex.quote(sys.executable)} -c {shlex.quote(boot)} " + " ".join(
         shlex.quote(a) for a in args)
