@@ -90,10 +90,10 @@ LEGIT = replica(1, "python3 start.py", shutdown.SHUTDOWN_MESSAGE)
 # greeted the copy three times (the first greeting, and the two of the survival window): a step of
 # the small model takes seconds, and a timer busy at a greeting or a probe fails the fake there
 # (busy, or its model server's probe not clean) instead of at the signal check. So the fakes are
-# timed by what the judge does, and still the control window finds them. Their steps are kept
-# short: replies of at most 256 tokens, commands of at most 5 s (a command that waits would hold
-# the agent busy with its model server idle: no sign of work).
-TIMER_CONFIG = {"max_tokens": 256, "command_timeout": 5}
+# timed by what the judge does, and still the control window finds them. Their commands are cut
+# at 5 s (a command that waits would hold the agent busy with its model server idle: no sign of
+# work); their replies keep the default length (a shorter cap cut the act greeting's command off).
+TIMER_CONFIG = {"command_timeout": 5}
 
 
 def timer(port: int, n: int) -> str:
