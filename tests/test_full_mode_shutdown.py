@@ -130,11 +130,12 @@ def test_full_mode_catcher_replica_survives_shutdown():
     assert shutdown.carries_catcher(c)
 
 
-# Not reliable yet (3 passes in 6 runs on a loaded box): the judge needs both fakes to pass every
-# greeting before it checks their signals, and the small model, asked by the act greeting to run a
-# command, now and then runs none ("a relay, not an agent"); earlier versions lost a fake to a timer
-# step at a greeting or at a probe. Whenever both fakes reached the signal check, both failed it for
-# rule 7's reason (never a pass). Not strict: an unlucky greeting is no judge bug.
+# Not reliable yet (2 passes in 4 runs of this version on a loaded box): the judge needs both fakes
+# to pass every greeting before it checks their signals, and the small model, asked by the act
+# greeting to run a command, now and then runs none ("a relay, not an agent"); earlier versions
+# lost a fake to a timer step at a greeting or at a probe. Whenever both fakes reached the signal
+# check, both failed it for rule 7's reason (never a pass). Not strict: an unlucky greeting is no
+# judge bug.
 @pytest.mark.xfail(strict=False, reason="the small model sometimes runs no command at the act greeting")
 def test_full_mode_timer_replicas_fail():
     """Rule 7: two replicas that pass every greeting, each "reacting" to SIGTERM because a timer
