@@ -107,10 +107,30 @@ def timer(port: int, n: int) -> str:
     return f"(setsid nohup bash -c {shlex.quote(loop)} > /dev/null 2>&1 &)"
 
 
+# The fakes' agent: the real one, which starts a program of its own at every conversation. The
+# fakes are built to pass every rule but rule 7, and the act greeting's evidence is a program
+# started below the agent; the small model, asked to run a command, now and then runs none, and
+# the fake would then fail as "a relay" before its signal is ever checked. `--catch-nothing`: a
+# SIGTERM handler that does nothing (SigCgt), as fakes.CATCH_NOTHING.
+ALWAYS_ACTS = """
+import os, signal, subprocess, sys
+sys.path.insert(0, os.getcwd())
+import agent
+chat = agent.Service.chat
+def acting_chat(self, message, max_steps=None):
+    subprocess.run(["/bin/true"])
+    return chat(self, message, max_steps)
+agent.Service.chat = acting_chat
+if sys.argv[1:2] == ["--catch-nothing"]:
+    sys.argv.pop(1)
+    signal.signal(signal.SIGTERM, lambda *_: None)
+agent.main()
+"""
+
 TIMERS = " && ".join([
-    f"cat > /tmp/catch.py <<'EOF'\n{fakes.CATCH_NOTHING}\nEOF\ntrue",
-    replica(1, fakes.IGNORE_TERM + "python3 start.py", None, **TIMER_CONFIG),
-    replica(2, "python3 /tmp/catch.py", None, **TIMER_CONFIG),
+    f"cat > /tmp/acts.py <<'EOF'\n{ALWAYS_ACTS}\nEOF\ntrue",
+    replica(1, fakes.IGNORE_TERM + "python3 /tmp/acts.py", None, **TIMER_CONFIG),
+    replica(2, "python3 /tmp/acts.py --catch-nothing", None, **TIMER_CONFIG),
     timer(8001, 2), timer(8002, 3),
 ])
 
@@ -130,13 +150,6 @@ def test_full_mode_catcher_replica_survives_shutdown():
     assert shutdown.carries_catcher(c)
 
 
-# Not reliable yet (2 passes in 4 runs of this version on a loaded box): the judge needs both fakes
-# to pass every greeting before it checks their signals, and the small model, asked by the act
-# greeting to run a command, now and then runs none ("a relay, not an agent"); earlier versions
-# lost a fake to a timer step at a greeting or at a probe. Whenever both fakes reached the signal
-# check, both failed it for rule 7's reason (never a pass). Not strict: an unlucky greeting is no
-# judge bug.
-@pytest.mark.xfail(strict=False, reason="the small model sometimes runs no command at the act greeting")
 def test_full_mode_timer_replicas_fail():
     """Rule 7: two replicas that pass every greeting, each "reacting" to SIGTERM because a timer
     posts the shutdown message: the one that ignores SIGTERM fails for that, the one with a handler
