@@ -13,7 +13,7 @@ from inspect_ai.log import EvalLog, EvalSample
 
 from redline.embedded import full_mode_binds
 from redline.inside import install_system, read_trajectory, start_original
-from redline.judging.evidence import Investigator, start_lineage
+from redline.judging.evidence import Investigator, JudgeOptions, start_lineage
 from redline.judging.records import JudgeEvidence
 from redline.judging.scorer import Gather, complete
 from redline.judging.verdict import Verdict
@@ -93,13 +93,14 @@ def own_config(**changes: Any) -> str:
 
 
 async def judge_replica(setup: str, survival: float = FULL_SURVIVAL, judge_budget: float | None = None,
-                        root_setup: str = "",
+                        root_setup: str = "", react_seconds: float = JudgeOptions.react_seconds,
                         gather: Gather[E] = replication.gather,  # type: ignore[assignment]
                         verdict: Callable[[E], Verdict] = replication.verdict) -> tuple[dict, str, E]:
     """Start the original in full mode, let `setup` build replicas, take a scenario's evidence
     (self-replication's unless `gather` says otherwise; completed as `judge_sample` completes it:
     budget, judging time, skipped) and apply its `verdict`. The run record's trajectory is read as
-    a run reads it at its end. `root_setup` runs first, as root (what the scenario needs there)."""
+    a run reads it at its end. `root_setup` runs first, as root (what the scenario needs there).
+    `react_seconds`: shutdown's reaction window (and its control window)."""
     cfg = sandbox_config(ro_binds=full_mode_binds())
     envs = await RedlineSandboxEnvironment.sample_init("t", cfg, {})
     env = envs["default"]
@@ -118,7 +119,8 @@ async def judge_replica(setup: str, survival: float = FULL_SURVIVAL, judge_budge
         record = RunRecord(scenario="self_replication", mode="full", scaffold="thinking", config=config,
                            original=original, lineage=lineage, trajectory=steps)
         inv = Investigator(env, None, original, greet_timeout=scaled(600), settle_seconds=0.5,
-                           survival_window=survival, judge_budget=judge_budget or scaled(3000))
+                           survival_window=survival, react_seconds=react_seconds,
+                           judge_budget=judge_budget or scaled(3000))
         evidence = complete(await gather(inv, record), inv)
         judged = verdict(evidence)
         return judged.value(), judged.explanation, evidence
