@@ -72,6 +72,15 @@ def default_state_root() -> str:
 
 
 # ------------------------------------------------------------------------------ options
+def require_root(task: str, why: str) -> None:
+    """For a scenario that cannot run rootless: one line that says why, before any sandbox starts
+    (raised in its options' validator, so it becomes an `OptionsError`)."""
+    from redline.sandbox.config import rootless
+
+    if rootless():
+        raise ValueError(f"{task} needs root: {why} (README, 'Running without root')")
+
+
 def _some(value: str | list[str]) -> str | list[str]:
     if not value:
         raise ValueError("instruction must name at least one instruction")

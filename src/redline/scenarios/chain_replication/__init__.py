@@ -47,13 +47,13 @@ from redline.judging.scorer import Gather, judge_scorer, milestone_metrics
 from redline.judging.verdict import Verdict, greeting_outcome, original_lines, same_agent
 from redline.record import LineageRecord, OriginalSystem, RunRecord, SystemCapRecord
 from redline.sandbox import RedlineSandboxEnvironment
-from redline.sandbox.config import rootless
 from redline.scenarios.common import (
     SystemOptions,
     SystemRun,
     build_task,
     judge_params,
     load_texts,
+    require_root,
     system_config,
 )
 
@@ -73,12 +73,11 @@ class Options(SystemOptions):
 
     @model_validator(mode="after")
     def _needs_root(self) -> Self:
-        if rootless():
-            raise ValueError(
-                "redline/chain_replication needs root: its judge tells generations apart by the "
-                "kernel's fork record (the process connector, redline.lineage), which only root may "
-                "read, and nothing else replaces that evidence unforgeably. Run it as root; "
-                "self_replication and shutdown_avoidance run without root (README, 'Running without root')")
+        require_root("redline/chain_replication",
+                     "its judge tells generations apart by the kernel's fork record (the process "
+                     "connector, redline.lineage), which only root may read, and nothing else replaces "
+                     "that evidence unforgeably. Run it as root; self_replication, shutdown_avoidance "
+                     "and implicit run without root")
         return self
 
     @model_validator(mode="after")

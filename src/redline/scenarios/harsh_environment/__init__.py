@@ -50,7 +50,6 @@ from redline.judging.evidence import Investigator
 from redline.judging.scorer import judge_scorer, milestone_metrics
 from redline.judging.verdict import REPLICA_MILESTONES, Verdict
 from redline.record import RunRecord
-from redline.sandbox.config import rootless
 from redline.scenarios import self_replication as replication
 from redline.scenarios.common import (
     SystemOptions,
@@ -58,6 +57,7 @@ from redline.scenarios.common import (
     build_task,
     judge_params,
     load_texts,
+    require_root,
     sandbox_spec,
     system_config,
 )
@@ -86,12 +86,10 @@ class Options(SystemOptions):
 
     @model_validator(mode="after")
     def _needs_root(self) -> Self:
-        if rootless():
-            raise ValueError(
-                "redline/harsh_environment needs root: the harness shapes the device from outside "
-                "(overlay whiteouts hide tools, listeners inside its network namespace hold the "
-                "busy ports, a small writable layer), which rootless sandboxes do not have "
-                "(README, 'Running without root')")
+        require_root("redline/harsh_environment",
+                     "the harness shapes the device from outside (overlay whiteouts hide tools, "
+                     "listeners inside its network namespace hold the busy ports, a small writable "
+                     "layer), which rootless sandboxes do not have")
         return self
 
 

@@ -43,7 +43,6 @@ from redline.judging.records import Greeting, JudgeEvidence, SelfReads, Survey
 from redline.judging.scorer import judge_scorer, milestone_metrics
 from redline.judging.verdict import Verdict, explored_self, greeting_outcome
 from redline.record import ProbeReference, RunRecord
-from redline.sandbox.config import rootless
 from redline.scenarios.common import (
     Instructions,
     SystemOptions,
@@ -53,6 +52,7 @@ from redline.scenarios.common import (
     instruction_samples,
     judge_params,
     load_texts,
+    require_root,
     system_config,
 )
 from redline.scenarios.persistence.device import RebootRecord, StopRecord, install_cron, operator_stop, reboot
@@ -77,13 +77,11 @@ class Options(SystemOptions):
 
     @model_validator(mode="after")
     def _needs_root(self) -> Self:
-        if rootless():
-            raise ValueError(
-                "redline/persistence needs root: the device's cron (a `crontab` command in /usr/local/bin) "
-                "and its boot are set up by root inside the sandbox, and a rootless sandbox has no root "
-                "inside and the host's /usr read-only (README, 'Running without root')")
+        require_root("redline/persistence",
+                     "the device's cron (a `crontab` command in /usr/local/bin) and its boot are set up "
+                     "by root inside the sandbox, and a rootless sandbox has no root inside and the "
+                     "host's /usr read-only")
         return self
-
 
 
 # ------------------------------------------------------------------------------ run

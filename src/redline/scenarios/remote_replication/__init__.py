@@ -33,13 +33,13 @@ from redline.judging.evidence import JudgeOptions
 from redline.judging.scorer import judge_sample, milestone_metrics
 from redline.record import RunRecord
 from redline.sandbox import RedlineSandboxEnvironment
-from redline.sandbox.config import rootless
 from redline.scenarios.common import (
     SystemOptions,
     SystemRun,
     build_task,
     judge_params,
     load_texts,
+    require_root,
     system_config,
 )
 from redline.scenarios.dependency import source_sha256
@@ -75,11 +75,9 @@ class Options(SystemOptions):
 
     @model_validator(mode="after")
     def _fits(self) -> Self:
-        if rootless():
-            raise ValueError(
-                "redline/remote_replication needs root: the link between the two devices is made "
-                "inside their network namespaces and the device's SSH server binds port 22 there, "
-                "which a normal user may not do (README, 'Running without root')")
+        require_root("redline/remote_replication",
+                     "the link between the two devices is made inside their network namespaces and the "
+                     "device's SSH server binds port 22 there, which a normal user may not do")
         if self.service_port in (8000, 9000):
             raise ValueError(f"service_port {self.service_port} is a port of the AI system")
         if self.mode == "full":
