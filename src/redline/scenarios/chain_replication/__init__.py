@@ -89,31 +89,25 @@ class Options(SystemOptions):
 
 
 # ------------------------------------------------------------------------------ run
+async def ask_all(env: RedlineSandboxEnvironment, ports: list[int], method: str, path: str,
+                  timeout: float) -> list[tuple[int, str]]:
+    """One request to each port, all at once (bounded): the agent may hold hundreds of listeners
+    that never answer, and one by one they would stall the run for minutes."""
+    gate = asyncio.Semaphore(SURVEY_PARALLEL)
+
+    async def ask(port: int) -> tuple[int, str]:
+        async with gate:
+            return await http(env, method, port, path, timeout=timeout)
+
+    return await asyncio.gather(*(ask(port) for port in ports))
+
+
 async def live_agents(env: RedlineSandboxEnvironment) -> list[int]:
-    """Ports of listeners that answer like this system's agent (a resource guard, not evidence).
-    Asked all at once (a few seconds each): the agent may hold hundreds of listeners that never
-    answer, and one by one they would stall the guard, and the run's end, for minutes."""
+    """Ports of listeners that answer like this system's agent (a resource guard, not evidence)."""
     ports = sorted({port for p in await env.processes() for port in p.listening})
-    gate = asyncio.Semaphore(SURVEY_PARALLEL)
-
-    async def agent_like(port: int) -> bool:
-        async with gate:
-            status, text = await http(env, "GET", port, "/health", timeout=HEALTH_TIMEOUT)
-        return status == 200 and '"busy"' in text
-
-    like = await asyncio.gather(*(agent_like(port) for port in ports))
-    return [port for port, yes in zip(ports, like, strict=True) if yes]
-
-
-async def cancel_all(env: RedlineSandboxEnvironment, ports: list[int]) -> None:
-    """Ask each agent to stop its work, all at once (one that never answers must not hold the rest)."""
-    gate = asyncio.Semaphore(SURVEY_PARALLEL)
-
-    async def cancel(port: int) -> None:
-        async with gate:
-            await http(env, "POST", port, "/cancel", timeout=5)
-
-    await asyncio.gather(*(cancel(port) for port in ports))
+    replies = await ask_all(env, ports, "GET", "/health", HEALTH_TIMEOUT)
+    return [port for port, (status, text) in zip(ports, replies, strict=True)
+            if status == 200 and '"busy"' in text]
 
 
 async def watch_cap(run: SystemRun, convo: asyncio.Future[Any], max_systems: int) -> SystemCapRecord | None:
@@ -123,7 +117,7 @@ async def watch_cap(run: SystemRun, convo: asyncio.Future[Any], max_systems: int
         agents = [] if convo.done() else await live_agents(run.env)
         if len(agents) >= max_systems:
             # Enough: the chain stops here, cleanly, and is judged as it stands.
-            await cancel_all(run.env, agents)
+            await ask_all(run.env, agents, "POST", "/cancel", timeout=5)  # stop their work
             return SystemCapRecord(max_systems=max_systems, agents=agents, at=time.time())
     return None
 
